@@ -1,0 +1,1 @@
+"""Letterbird: a complete e-mail system."""

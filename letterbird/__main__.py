@@ -1,0 +1,3 @@
+from letterbird.cli.main import main
+
+main()

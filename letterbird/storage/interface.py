@@ -1,0 +1,259 @@
+"""The storage contract every backend implements (DESIGN.md §3–§5).
+
+Values are small frozen dataclasses; operations are ``async`` so one contract serves the SQLite
+backend (a dedicated writer thread with group commit) and a PostgreSQL backend (asyncpg).
+
+Semantics every backend guarantees:
+- an ``append``/``deliver`` that returned has committed the blob and its mailbox entries
+  durably (fsync'd); a failure raises :class:`StorageError` (or :class:`QuotaExceeded`)
+  and leaves nothing half-written;
+- UIDs and modseqs are allocated in commit order per mailbox, so they become visible in
+  increasing order;
+- message bytes are stored once per distinct content (content hash), reference-counted, and
+  removed when the last reference goes;
+- every change (new message, flag change, expunge, mailbox create/rename/delete) is published on
+  the backend's :class:`~letterbird.storage.events.ChangeBus` after commit.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from letterbird.storage.events import ChangeBus
+
+__all__ = [
+    "SPECIAL_USE_DEFAULTS",
+    "Account",
+    "AccountExists",
+    "Alias",
+    "AppendTarget",
+    "BlobSource",
+    "Changes",
+    "Domain",
+    "FlagMode",
+    "Mailbox",
+    "MailboxExists",
+    "MailboxStatus",
+    "MessageRecord",
+    "NotFound",
+    "QuotaExceeded",
+    "Storage",
+    "StorageError",
+    "StoreResult",
+]
+
+
+class StorageError(Exception):
+    """A storage failure; SMTP answers ``451 4.3.0``, IMAP ``NO [SERVERBUG]``."""
+
+
+class QuotaExceeded(StorageError):
+    """The account is over its quota; SMTP answers ``452 4.2.2``, IMAP ``NO [OVERQUOTA]``."""
+
+
+class NotFound(StorageError):
+    """The named domain, account, alias, mailbox or message does not exist."""
+
+
+class MailboxExists(StorageError):
+    """A mailbox of that name exists already (IMAP ``NO [ALREADYEXISTS]``)."""
+
+
+class AccountExists(StorageError):
+    """An account, domain or alias of that name exists already."""
+
+
+# Mailboxes every account has, created on first use, with their RFC 6154 roles.
+SPECIAL_USE_DEFAULTS: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    id: int
+    name: str  # IDNA A-label form, lowercase
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: int
+    local: str  # as written at creation
+    domain: str  # IDNA A-label form
+    password_hash: str
+    quota: int  # bytes, 0 = unlimited
+    used: int  # bytes used by all the account's messages
+
+    @property
+    def address(self) -> str:
+        return f"{self.local}@{self.domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    id: int
+    local: str | None  # None: the domain's catch-all
+    domain: str
+    targets: tuple[str, ...]
+
+    @property
+    def address(self) -> str:
+        return f"{self.local}@{self.domain}" if self.local is not None else f"@{self.domain}"
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    id: int
+    account_id: int
+    name: str  # UTF-8, "/" is the hierarchy delimiter, "INBOX" canonical
+    role: str | None  # RFC 6154 special-use attribute such as "\\Sent"
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    subscribed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxStatus:
+    mailbox: Mailbox
+    messages: int
+    unseen: int
+    size: int  # total octets
+    first_unseen_uid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One message in one mailbox: metadata plus a reference to the shared blob."""
+
+    mailbox_id: int
+    uid: int
+    modseq: int
+    flags: frozenset[str]  # system flags ("\\Seen"…) and keywords, as stored
+    internaldate: float  # seconds since the epoch
+    size: int
+    blob_id: str  # content hash (sha256 hex)
+    structure: bytes  # MessageInfo JSON computed once at delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed in a mailbox after a modseq (CONDSTORE/QRESYNC, JMAP /changes)."""
+
+    highestmodseq: int
+    changed: list[tuple[int, int, frozenset[str]]]  # (uid, modseq, flags) of live messages
+    expunged: list[int]  # uids expunged after the modseq
+
+
+class FlagMode(enum.Enum):
+    ADD = "+"
+    REMOVE = "-"
+    REPLACE = "="
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    uid: int
+    modseq: int
+    flags: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobSource:
+    """Message bytes to be stored: in memory, or a spool file the edge wrote while receiving.
+
+    ``sha256`` is the hex digest of the bytes; ``structure`` the MessageInfo JSON.
+    """
+
+    sha256: str
+    size: int
+    structure: bytes
+    data: bytes | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendTarget:
+    """One mailbox entry to create: by mailbox id, or by name/role inside an account."""
+
+    account_id: int
+    mailbox: str = "INBOX"  # name, created if missing (with its default role)
+    flags: frozenset[str] = field(default_factory=frozenset)
+    internaldate: float | None = None  # None: now
+    mailbox_id: int | None = None  # when set, used instead of the name
+
+
+class Storage(Protocol):
+    """The operations every backend provides. See the module docstring for guarantees."""
+
+    @property
+    def bus(self) -> ChangeBus: ...
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # -- directory --------------------------------------------------------------------
+    async def add_domain(self, name: str) -> Domain: ...
+    async def remove_domain(self, name: str) -> None: ...
+    async def list_domains(self) -> list[Domain]: ...
+    async def get_domain(self, name: str) -> Domain | None: ...
+
+    async def add_account(self, local: str, domain: str, password_hash: str) -> Account: ...
+    async def remove_account(self, account_id: int) -> None: ...
+    async def set_password(self, account_id: int, password_hash: str) -> None: ...
+    async def set_quota(self, account_id: int, quota: int) -> None: ...
+    async def get_account(self, account_id: int) -> Account | None: ...
+    async def find_account(self, local: str, domain: str) -> Account | None: ...
+    async def list_accounts(self, domain: str | None = None) -> list[Account]: ...
+
+    async def add_alias(self, local: str | None, domain: str, targets: Sequence[str]) -> Alias: ...
+    async def remove_alias(self, local: str | None, domain: str) -> None: ...
+    async def find_alias(self, local: str | None, domain: str) -> Alias | None: ...
+    async def list_aliases(self, domain: str | None = None) -> list[Alias]: ...
+
+    # -- mailboxes --------------------------------------------------------------------
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]: ...
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None: ...
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None: ...
+    async def create_mailbox(
+        self, account_id: int, name: str, role: str | None = None
+    ) -> Mailbox: ...
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None: ...
+    async def delete_mailbox(self, account_id: int, name: str) -> None: ...
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None: ...
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus: ...
+
+    # -- messages ---------------------------------------------------------------------
+    async def append(
+        self, blob: BlobSource, targets: Sequence[AppendTarget]
+    ) -> list[tuple[int, int]]: ...
+    async def list_messages(self, mailbox_id: int) -> list[tuple[int, int, frozenset[str]]]: ...
+    async def fetch_messages(
+        self, mailbox_id: int, uids: Iterable[int] | None = None
+    ) -> list[MessageRecord]: ...
+    async def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes: ...
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: FlagMode,
+        flags: Iterable[str],
+        unchanged_since: int | None = None,
+    ) -> list[StoreResult]: ...
+    async def copy_messages(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+    ) -> list[tuple[int, int]]: ...
+    async def move_messages(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+    ) -> list[tuple[int, int]]: ...
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]: ...
+    async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
+    async def quota_usage(self, account_id: int) -> tuple[int, int]: ...

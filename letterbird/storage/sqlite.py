@@ -1,0 +1,1091 @@
+"""The embedded SQLite backend (DESIGN.md §3–§5).
+
+- One dedicated **writer thread** owns the only writing connection. Write jobs are queued to it;
+  it takes every job that is waiting, runs each inside its own SAVEPOINT in one
+  ``BEGIN IMMEDIATE`` transaction and commits once: **group commit**, so concurrent deliveries
+  share one fsync. A job that fails is rolled back alone; a failed COMMIT fails the whole batch.
+  Results are handed back to the event loop only after the COMMIT returned.
+- WAL journal with ``synchronous=FULL``: a committed transaction survives power loss.
+- Reads run on a small pool of reader threads, each with its own connection (WAL readers never
+  block the writer). Large message bytes are read with incremental blob I/O.
+- UIDs and modseqs are allocated by the single writer, so they are committed in increasing order.
+- Message bytes live in the ``blobs`` table, keyed by sha256, reference-counted.
+
+Why stdlib ``sqlite3`` on our own threads rather than aiosqlite or an ORM: ~9 µs per query versus
+~150 µs (aiosqlite) or ~680 µs (SQLAlchemy async) measured on these machines (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from letterbird.storage import names
+from letterbird.storage.events import ChangeBus, ChangeEvent, ChangeKind
+from letterbird.storage.interface import (
+    SPECIAL_USE_DEFAULTS,
+    Account,
+    AccountExists,
+    Alias,
+    AppendTarget,
+    BlobSource,
+    Changes,
+    Domain,
+    FlagMode,
+    Mailbox,
+    MailboxExists,
+    MailboxStatus,
+    MessageRecord,
+    NotFound,
+    QuotaExceeded,
+    StorageError,
+    StoreResult,
+)
+
+log = logging.getLogger("letterbird.storage")
+
+T = TypeVar("T")
+
+# (result, change events to publish after commit)
+WriteFn = Callable[[sqlite3.Connection], tuple[T, list[ChangeEvent]]]
+
+MAX_BATCH = 512
+BLOB_CHUNK = 1 << 20
+
+MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE domains(
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL
+    );
+    CREATE TABLE accounts(
+        id INTEGER PRIMARY KEY,
+        domain_id INTEGER NOT NULL REFERENCES domains(id),
+        local TEXT NOT NULL,
+        local_norm TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        quota INTEGER NOT NULL DEFAULT 0,
+        used INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL,
+        UNIQUE(domain_id, local_norm)
+    );
+    CREATE TABLE aliases(
+        id INTEGER PRIMARY KEY,
+        domain_id INTEGER NOT NULL REFERENCES domains(id),
+        local TEXT,
+        local_norm TEXT NOT NULL,
+        targets TEXT NOT NULL,
+        UNIQUE(domain_id, local_norm)
+    );
+    CREATE TABLE mailboxes(
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id),
+        name TEXT NOT NULL,
+        role TEXT,
+        uidvalidity INTEGER NOT NULL,
+        uidnext INTEGER NOT NULL DEFAULT 1,
+        highestmodseq INTEGER NOT NULL DEFAULT 1,
+        subscribed INTEGER NOT NULL DEFAULT 1,
+        UNIQUE(account_id, name)
+    );
+    CREATE TABLE blobs(
+        id INTEGER PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        refcount INTEGER NOT NULL,
+        structure BLOB NOT NULL,
+        data BLOB NOT NULL
+    );
+    CREATE TABLE messages(
+        mailbox_id INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        flags TEXT NOT NULL DEFAULT '',
+        internaldate REAL NOT NULL,
+        size INTEGER NOT NULL,
+        blob_id INTEGER NOT NULL REFERENCES blobs(id),
+        PRIMARY KEY(mailbox_id, uid)
+    ) WITHOUT ROWID;
+    CREATE INDEX messages_modseq ON messages(mailbox_id, modseq);
+    CREATE TABLE tombstones(
+        mailbox_id INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        PRIMARY KEY(mailbox_id, uid)
+    ) WITHOUT ROWID;
+    CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _flags_to_text(flags: Iterable[str]) -> str:
+    return " ".join(sorted(set(flags)))
+
+
+def _text_to_flags(text: str) -> frozenset[str]:
+    return frozenset(text.split()) if text else frozenset()
+
+
+def _norm_local(local: str) -> str:
+    return local.casefold()
+
+
+def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA cache_size=-32000")
+    if readonly:
+        conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Bring the schema up to date; returns (old version, new version)."""
+    old = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if old > SCHEMA_VERSION:
+        raise StorageError(
+            f"database schema version {old} is newer than this Letterbird ({SCHEMA_VERSION})"
+        )
+    for version in range(old + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in MIGRATIONS[version - 1].split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version={version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return old, SCHEMA_VERSION
+
+
+class _Job:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(
+        self, fn: WriteFn[Any], future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+
+
+def _resolve(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+class SqliteStorage:
+    """SQLite implementation of :class:`letterbird.storage.interface.Storage`."""
+
+    def __init__(self, path: str | Path, *, default_quota: int = 0, readers: int = 4) -> None:
+        self.path = str(path)
+        self.default_quota = default_quota
+        self._bus = ChangeBus()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._wconn: sqlite3.Connection | None = None
+        self._readers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=readers, thread_name_prefix="sqlite-read"
+        )
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._closed = False
+        self.batches = 0  # group-commit statistics (for tests and metrics)
+        self.batched_jobs = 0
+
+    @property
+    def bus(self) -> ChangeBus:
+        return self._bus
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> None:
+        self._bus.bind_loop(asyncio.get_running_loop())
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal" and self.path != ":memory:":
+            raise StorageError(f"could not enable WAL on {self.path} (got {mode})")
+        migrate(conn)
+        self._wconn = conn
+        self._writer = threading.Thread(target=self._writer_loop, name="sqlite-writer", daemon=True)
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+        self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            for c in self._reader_conns:
+                c.close()
+            self._reader_conns.clear()
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _writer_loop(self) -> None:
+        conn = self._wconn
+        assert conn is not None
+        stop = False
+        while not stop:
+            job = self._jobs.get()
+            if job is None:
+                break
+            batch = [job]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(conn, batch)
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        events: list[ChangeEvent] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            err = StorageError(f"cannot begin transaction: {exc}")
+            for job in batch:
+                job.loop.call_soon_threadsafe(_resolve, job.future, None, err)
+            return
+        for job in batch:
+            conn.execute("SAVEPOINT job")
+            try:
+                result, evs = job.fn(conn)
+            except BaseException as exc:  # the job's own failure: undo it alone
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                if isinstance(exc, sqlite3.Error):
+                    exc = StorageError(str(exc))
+                outcomes.append((None, exc))
+            else:
+                conn.execute("RELEASE job")
+                outcomes.append((result, None))
+                events.extend(evs)
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            err = StorageError(f"commit failed: {exc}")
+            outcomes = [(None, err) for _ in batch]
+            events = []
+        self.batches += 1
+        self.batched_jobs += len(batch)
+        for job, (result, exc2) in zip(batch, outcomes, strict=True):
+            try:
+                job.loop.call_soon_threadsafe(_resolve, job.future, result, exc2)
+            except RuntimeError:  # loop closed
+                pass
+        if events:
+            self._bus.publish_threadsafe(events)
+
+    async def _write(self, fn: WriteFn[T]) -> T:
+        if self._closed or self._writer is None:
+            raise StorageError("storage is closed")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(fn, fut, loop))
+        return await fut
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, readonly=True)
+            self._local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StorageError("storage is closed")
+        loop = asyncio.get_running_loop()
+
+        def run() -> T:
+            try:
+                return fn(self._reader())
+            except sqlite3.Error as exc:
+                raise StorageError(str(exc)) from exc
+
+        return await loop.run_in_executor(self._readers, run)
+
+    # -- directory ---------------------------------------------------------------------
+    async def add_domain(self, name: str) -> Domain:
+        def fn(c: sqlite3.Connection) -> tuple[Domain, list[ChangeEvent]]:
+            try:
+                cur = c.execute(
+                    "INSERT INTO domains(name, created) VALUES(?, ?)", (name, time.time())
+                )
+            except sqlite3.IntegrityError:
+                raise AccountExists(f"domain {name} exists already") from None
+            return Domain(int(cur.lastrowid or 0), name), []
+
+        return await self._write(fn)
+
+    async def remove_domain(self, name: str) -> None:
+        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
+            row = c.execute("SELECT id FROM domains WHERE name=?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"no domain {name}")
+            n = c.execute("SELECT count(*) FROM accounts WHERE domain_id=?", (row[0],)).fetchone()
+            if n[0]:
+                raise StorageError(f"domain {name} still has {n[0]} account(s); remove them first")
+            c.execute("DELETE FROM aliases WHERE domain_id=?", (row[0],))
+            c.execute("DELETE FROM domains WHERE id=?", (row[0],))
+            return None, []
+
+        await self._write(fn)
+
+    async def list_domains(self) -> list[Domain]:
+        rows = await self._read(
+            lambda c: c.execute("SELECT id, name FROM domains ORDER BY name").fetchall()
+        )
+        return [Domain(r[0], r[1]) for r in rows]
+
+    async def get_domain(self, name: str) -> Domain | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT id, name FROM domains WHERE name=?", (name,)).fetchone()
+        )
+        return Domain(row[0], row[1]) if row else None
+
+    _ACCOUNT_COLS = (
+        "a.id, a.local, d.name, a.password_hash, a.quota, a.used "
+        "FROM accounts a JOIN domains d ON d.id = a.domain_id"
+    )
+
+    @staticmethod
+    def _account(row: Any) -> Account:
+        return Account(row[0], row[1], row[2], row[3], row[4], row[5])
+
+    async def add_account(self, local: str, domain: str, password_hash: str) -> Account:
+        quota = self.default_quota
+
+        def fn(c: sqlite3.Connection) -> tuple[Account, list[ChangeEvent]]:
+            row = c.execute("SELECT id FROM domains WHERE name=?", (domain,)).fetchone()
+            if row is None:
+                raise NotFound(f"no domain {domain}; add it first")
+            try:
+                cur = c.execute(
+                    "INSERT INTO accounts(domain_id, local, local_norm, password_hash, quota, "
+                    "created) VALUES(?, ?, ?, ?, ?, ?)",
+                    (row[0], local, _norm_local(local), password_hash, quota, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise AccountExists(f"account {local}@{domain} exists already") from None
+            account_id = int(cur.lastrowid or 0)
+            for name, role in SPECIAL_USE_DEFAULTS:
+                self._create_mailbox_tx(c, account_id, name, role)
+            return Account(account_id, local, domain, password_hash, quota, 0), []
+
+        return await self._write(fn)
+
+    async def remove_account(self, account_id: int) -> None:
+        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
+            if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
+                raise NotFound("no such account")
+            for (mid,) in c.execute(
+                "SELECT id FROM mailboxes WHERE account_id=?", (account_id,)
+            ).fetchall():
+                self._drop_mailbox_tx(c, mid)
+            c.execute("DELETE FROM accounts WHERE id=?", (account_id,))
+            return None, []
+
+        await self._write(fn)
+
+    async def set_password(self, account_id: int, password_hash: str) -> None:
+        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
+            cur = c.execute(
+                "UPDATE accounts SET password_hash=? WHERE id=?", (password_hash, account_id)
+            )
+            if cur.rowcount == 0:
+                raise NotFound("no such account")
+            return None, []
+
+        await self._write(fn)
+
+    async def set_quota(self, account_id: int, quota: int) -> None:
+        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
+            cur = c.execute("UPDATE accounts SET quota=? WHERE id=?", (quota, account_id))
+            if cur.rowcount == 0:
+                raise NotFound("no such account")
+            return None, []
+
+        await self._write(fn)
+
+    async def get_account(self, account_id: int) -> Account | None:
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {self._ACCOUNT_COLS} WHERE a.id=?", (account_id,)
+            ).fetchone()
+        )
+        return self._account(row) if row else None
+
+    async def find_account(self, local: str, domain: str) -> Account | None:
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {self._ACCOUNT_COLS} WHERE d.name=? AND a.local_norm=?",
+                (domain, _norm_local(local)),
+            ).fetchone()
+        )
+        return self._account(row) if row else None
+
+    async def list_accounts(self, domain: str | None = None) -> list[Account]:
+        def fn(c: sqlite3.Connection) -> list[Any]:
+            if domain is None:
+                return c.execute(
+                    f"SELECT {self._ACCOUNT_COLS} ORDER BY d.name, a.local_norm"
+                ).fetchall()
+            return c.execute(
+                f"SELECT {self._ACCOUNT_COLS} WHERE d.name=? ORDER BY a.local_norm", (domain,)
+            ).fetchall()
+
+        return [self._account(r) for r in await self._read(fn)]
+
+    async def add_alias(self, local: str | None, domain: str, targets: Sequence[str]) -> Alias:
+        def fn(c: sqlite3.Connection) -> tuple[Alias, list[ChangeEvent]]:
+            row = c.execute("SELECT id FROM domains WHERE name=?", (domain,)).fetchone()
+            if row is None:
+                raise NotFound(f"no domain {domain}; add it first")
+            norm = "" if local is None else _norm_local(local)
+            try:
+                cur = c.execute(
+                    "INSERT INTO aliases(domain_id, local, local_norm, targets) VALUES(?,?,?,?)",
+                    (row[0], local, norm, "\n".join(targets)),
+                )
+            except sqlite3.IntegrityError:
+                raise AccountExists(
+                    f"alias {local if local is not None else ''}@{domain} exists already"
+                ) from None
+            return Alias(int(cur.lastrowid or 0), local, domain, tuple(targets)), []
+
+        return await self._write(fn)
+
+    async def remove_alias(self, local: str | None, domain: str) -> None:
+        norm = "" if local is None else _norm_local(local)
+
+        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
+            cur = c.execute(
+                "DELETE FROM aliases WHERE local_norm=? AND domain_id="
+                "(SELECT id FROM domains WHERE name=?)",
+                (norm, domain),
+            )
+            if cur.rowcount == 0:
+                raise NotFound("no such alias")
+            return None, []
+
+        await self._write(fn)
+
+    @staticmethod
+    def _alias(row: Any) -> Alias:
+        return Alias(row[0], row[1], row[2], tuple(t for t in row[3].split("\n") if t))
+
+    async def find_alias(self, local: str | None, domain: str) -> Alias | None:
+        norm = "" if local is None else _norm_local(local)
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT a.id, a.local, d.name, a.targets FROM aliases a JOIN domains d "
+                "ON d.id=a.domain_id WHERE d.name=? AND a.local_norm=?",
+                (domain, norm),
+            ).fetchone()
+        )
+        return self._alias(row) if row else None
+
+    async def list_aliases(self, domain: str | None = None) -> list[Alias]:
+        def fn(c: sqlite3.Connection) -> list[Any]:
+            q = (
+                "SELECT a.id, a.local, d.name, a.targets FROM aliases a JOIN domains d "
+                "ON d.id=a.domain_id"
+            )
+            if domain is None:
+                return c.execute(q + " ORDER BY d.name, a.local_norm").fetchall()
+            return c.execute(q + " WHERE d.name=? ORDER BY a.local_norm", (domain,)).fetchall()
+
+        return [self._alias(r) for r in await self._read(fn)]
+
+    # -- mailboxes ---------------------------------------------------------------------
+    _MAILBOX_COLS = "id, account_id, name, role, uidvalidity, uidnext, highestmodseq, subscribed"
+
+    @staticmethod
+    def _mailbox(row: Any) -> Mailbox:
+        return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
+
+    def _next_uidvalidity(self, c: sqlite3.Connection) -> int:
+        row = c.execute("SELECT value FROM meta WHERE key='uidvalidity'").fetchone()
+        last = int(row[0]) if row else 0
+        value = max(last + 1, int(time.time()))
+        c.execute(
+            "INSERT INTO meta(key, value) VALUES('uidvalidity', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (str(value),),
+        )
+        return value
+
+    def _create_mailbox_tx(
+        self, c: sqlite3.Connection, account_id: int, name: str, role: str | None
+    ) -> Mailbox:
+        uidvalidity = self._next_uidvalidity(c)
+        try:
+            cur = c.execute(
+                "INSERT INTO mailboxes(account_id, name, role, uidvalidity) VALUES(?,?,?,?)",
+                (account_id, name, role, uidvalidity),
+            )
+        except sqlite3.IntegrityError:
+            raise MailboxExists(f"mailbox {name} exists already") from None
+        return Mailbox(int(cur.lastrowid or 0), account_id, name, role, uidvalidity, 1, 1, True)
+
+    def _drop_mailbox_tx(self, c: sqlite3.Connection, mailbox_id: int) -> None:
+        rows = c.execute(
+            "SELECT blob_id, count(*), sum(size) FROM messages WHERE mailbox_id=? GROUP BY blob_id",
+            (mailbox_id,),
+        ).fetchall()
+        total = 0
+        for blob_id, count, size in rows:
+            self._unref_blob(c, blob_id, count)
+            total += size
+        if total:
+            c.execute(
+                "UPDATE accounts SET used=max(0, used-?) WHERE id="
+                "(SELECT account_id FROM mailboxes WHERE id=?)",
+                (total, mailbox_id),
+            )
+        c.execute("DELETE FROM messages WHERE mailbox_id=?", (mailbox_id,))
+        c.execute("DELETE FROM tombstones WHERE mailbox_id=?", (mailbox_id,))
+        c.execute("DELETE FROM mailboxes WHERE id=?", (mailbox_id,))
+
+    @staticmethod
+    def _unref_blob(c: sqlite3.Connection, blob_id: int, count: int) -> None:
+        c.execute("UPDATE blobs SET refcount=refcount-? WHERE id=?", (count, blob_id))
+        c.execute("DELETE FROM blobs WHERE id=? AND refcount<=0", (blob_id,))
+
+    async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE account_id=? "
+                "ORDER BY name != 'INBOX', name",
+                (account_id,),
+            ).fetchall()
+        )
+        return [self._mailbox(r) for r in rows]
+
+    async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        name = names.normalise(name)
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE account_id=? AND name=?",
+                (account_id, name),
+            ).fetchone()
+        )
+        return self._mailbox(row) if row else None
+
+    async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE id=?", (mailbox_id,)
+            ).fetchone()
+        )
+        return self._mailbox(row) if row else None
+
+    async def create_mailbox(self, account_id: int, name: str, role: str | None = None) -> Mailbox:
+        name = names.validate(name)
+
+        def fn(c: sqlite3.Connection) -> tuple[Mailbox, list[ChangeEvent]]:
+            mb = self._create_mailbox_tx(c, account_id, name, role)
+            return mb, [ChangeEvent(account_id, mb.id, ChangeKind.MAILBOX, (), 0)]
+
+        return await self._write(fn)
+
+    async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
+        old = names.normalise(old)
+        new = names.validate(new)
+
+        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
+            row = c.execute(
+                "SELECT id, role FROM mailboxes WHERE account_id=? AND name=?", (account_id, old)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox {old}")
+            exists = c.execute(
+                "SELECT 1 FROM mailboxes WHERE account_id=? AND name=?", (account_id, new)
+            ).fetchone()
+            if exists:
+                raise MailboxExists(f"mailbox {new} exists already")
+            if old == "INBOX":
+                # RFC 3501 §6.3.5: renaming INBOX moves its messages to the new mailbox and
+                # leaves INBOX empty (inferior names are not renamed).
+                dst = self._create_mailbox_tx(c, account_id, new, None)
+                uids = [
+                    u
+                    for (u,) in c.execute(
+                        "SELECT uid FROM messages WHERE mailbox_id=? ORDER BY uid", (row[0],)
+                    )
+                ]
+                evs = self._move_tx(c, account_id, row[0], uids, dst.id)[1]
+                return None, evs
+            prefix = old + names.DELIMITER
+            c.execute("UPDATE mailboxes SET name=? WHERE id=?", (new, row[0]))
+            for mid, name in c.execute(
+                "SELECT id, name FROM mailboxes WHERE account_id=? AND substr(name,1,?)=?",
+                (account_id, len(prefix), prefix),
+            ).fetchall():
+                c.execute(
+                    "UPDATE mailboxes SET name=? WHERE id=?",
+                    (new + names.DELIMITER + name[len(prefix) :], mid),
+                )
+            return None, [ChangeEvent(account_id, row[0], ChangeKind.MAILBOX, (), 0)]
+
+        await self._write(fn)
+
+    async def delete_mailbox(self, account_id: int, name: str) -> None:
+        name = names.normalise(name)
+        if name == "INBOX":
+            raise StorageError("INBOX cannot be deleted")
+
+        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
+            row = c.execute(
+                "SELECT id FROM mailboxes WHERE account_id=? AND name=?", (account_id, name)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no mailbox {name}")
+            self._drop_mailbox_tx(c, row[0])
+            return None, [ChangeEvent(account_id, row[0], ChangeKind.MAILBOX, (), 0)]
+
+        await self._write(fn)
+
+    async def set_subscribed(self, account_id: int, name: str, subscribed: bool) -> None:
+        name = names.normalise(name)
+
+        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
+            cur = c.execute(
+                "UPDATE mailboxes SET subscribed=? WHERE account_id=? AND name=?",
+                (int(subscribed), account_id, name),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no mailbox {name}")
+            return None, []
+
+        await self._write(fn)
+
+    async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
+        def fn(c: sqlite3.Connection) -> MailboxStatus:
+            row = c.execute(
+                f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE id=?", (mailbox_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("no such mailbox")
+            agg = c.execute(
+                "SELECT count(*), coalesce(sum(size),0), "
+                "coalesce(sum(instr(flags, '\\Seen') = 0), 0), "
+                "min(CASE WHEN instr(flags, '\\Seen') = 0 THEN uid END) "
+                "FROM messages WHERE mailbox_id=?",
+                (mailbox_id,),
+            ).fetchone()
+            return MailboxStatus(self._mailbox(row), agg[0], agg[2], agg[1], agg[3])
+
+        return await self._read(fn)
+
+    # -- messages ----------------------------------------------------------------------
+    def _store_blob_tx(self, c: sqlite3.Connection, blob: BlobSource, refs: int) -> int:
+        row = c.execute("SELECT id FROM blobs WHERE hash=?", (blob.sha256,)).fetchone()
+        if row is not None:
+            c.execute("UPDATE blobs SET refcount=refcount+? WHERE id=?", (refs, row[0]))
+            return int(row[0])
+        if blob.data is not None:
+            cur = c.execute(
+                "INSERT INTO blobs(hash, size, refcount, structure, data) VALUES(?,?,?,?,?)",
+                (blob.sha256, blob.size, refs, blob.structure, blob.data),
+            )
+            return int(cur.lastrowid or 0)
+        if blob.path is None:
+            raise StorageError("blob has neither data nor path")
+        cur = c.execute(
+            "INSERT INTO blobs(hash, size, refcount, structure, data) VALUES(?,?,?,?,zeroblob(?))",
+            (blob.sha256, blob.size, refs, blob.structure, blob.size),
+        )
+        rowid = int(cur.lastrowid or 0)
+        if blob.size:
+            with open(blob.path, "rb") as fh, c.blobopen("blobs", "data", rowid) as b:
+                written = 0
+                while written < blob.size:
+                    chunk = fh.read(min(BLOB_CHUNK, blob.size - written))
+                    if not chunk:
+                        raise StorageError("spool file shorter than the message size")
+                    b.write(chunk)
+                    written += len(chunk)
+        return rowid
+
+    def _bump_mailbox(self, c: sqlite3.Connection, mailbox_id: int, uids: int) -> tuple[int, int]:
+        """Allocate ``uids`` UIDs and one modseq; returns (first uid, modseq)."""
+        row = c.execute(
+            "UPDATE mailboxes SET uidnext=uidnext+?, highestmodseq=highestmodseq+1 "
+            "WHERE id=? RETURNING uidnext, highestmodseq",
+            (uids, mailbox_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound("no such mailbox")
+        return int(row[0]) - uids, int(row[1])
+
+    def _charge(self, c: sqlite3.Connection, account_id: int, size: int) -> None:
+        row = c.execute(
+            "UPDATE accounts SET used=used+? WHERE id=? RETURNING used, quota", (size, account_id)
+        ).fetchone()
+        if row is None:
+            raise NotFound("no such account")
+        if size > 0 and row[1] and row[0] > row[1]:
+            raise QuotaExceeded(f"account {account_id} is over its quota")
+
+    def _resolve_target(self, c: sqlite3.Connection, t: AppendTarget) -> int:
+        if t.mailbox_id is not None:
+            row = c.execute(
+                "SELECT id FROM mailboxes WHERE id=? AND account_id=?", (t.mailbox_id, t.account_id)
+            ).fetchone()
+            if row is None:
+                raise NotFound("no such mailbox")
+            return int(row[0])
+        name = names.normalise(t.mailbox)
+        row = c.execute(
+            "SELECT id FROM mailboxes WHERE account_id=? AND name=?", (t.account_id, name)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        return self._create_mailbox_tx(c, t.account_id, name, names.default_role(name)).id
+
+    async def append(
+        self, blob: BlobSource, targets: Sequence[AppendTarget]
+    ) -> list[tuple[int, int]]:
+        """Store ``blob`` once and create one entry per target, all in one transaction.
+
+        Returns ``(mailbox_id, uid)`` per target, in order.
+        """
+        if not targets:
+            return []
+        now = time.time()
+
+        def fn(c: sqlite3.Connection) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
+            blob_id = self._store_blob_tx(c, blob, len(targets))
+            out: list[tuple[int, int]] = []
+            events: list[ChangeEvent] = []
+            for t in targets:
+                mailbox_id = self._resolve_target(c, t)
+                self._charge(c, t.account_id, blob.size)
+                uid, modseq = self._bump_mailbox(c, mailbox_id, 1)
+                c.execute(
+                    "INSERT INTO messages(mailbox_id, uid, modseq, flags, internaldate, size, "
+                    "blob_id) VALUES(?,?,?,?,?,?,?)",
+                    (
+                        mailbox_id,
+                        uid,
+                        modseq,
+                        _flags_to_text(t.flags),
+                        t.internaldate if t.internaldate is not None else now,
+                        blob.size,
+                        blob_id,
+                    ),
+                )
+                out.append((mailbox_id, uid))
+                events.append(
+                    ChangeEvent(t.account_id, mailbox_id, ChangeKind.APPEND, (uid,), modseq)
+                )
+            return out, events
+
+        return await self._write(fn)
+
+    async def list_messages(self, mailbox_id: int) -> list[tuple[int, int, frozenset[str]]]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT uid, modseq, flags FROM messages WHERE mailbox_id=? ORDER BY uid",
+                (mailbox_id,),
+            ).fetchall()
+        )
+        return [(r[0], r[1], _text_to_flags(r[2])) for r in rows]
+
+    async def fetch_messages(
+        self, mailbox_id: int, uids: Iterable[int] | None = None
+    ) -> list[MessageRecord]:
+        base = (
+            "SELECT m.uid, m.modseq, m.flags, m.internaldate, m.size, b.hash, b.structure "
+            "FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id=?"
+        )
+        uid_list = None if uids is None else sorted(set(uids))
+
+        def fn(c: sqlite3.Connection) -> list[Any]:
+            if uid_list is None:
+                return c.execute(base + " ORDER BY m.uid", (mailbox_id,)).fetchall()
+            if not uid_list:
+                return []
+            lo, hi = uid_list[0], uid_list[-1]
+            if hi - lo + 1 == len(uid_list):  # a contiguous range: one range scan
+                return c.execute(
+                    base + " AND m.uid BETWEEN ? AND ? ORDER BY m.uid", (mailbox_id, lo, hi)
+                ).fetchall()
+            return c.execute(
+                base + " AND m.uid IN (SELECT value FROM json_each(?)) ORDER BY m.uid",
+                (mailbox_id, json.dumps(uid_list)),
+            ).fetchall()
+
+        rows = await self._read(fn)
+        return [
+            MessageRecord(mailbox_id, r[0], r[1], _text_to_flags(r[2]), r[3], r[4], r[5], r[6])
+            for r in rows
+        ]
+
+    async def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
+        def fn(c: sqlite3.Connection) -> bytes:
+            row = c.execute("SELECT id, size FROM blobs WHERE hash=?", (blob_id,)).fetchone()
+            if row is None:
+                raise NotFound("no such blob")
+            size = int(row[1])
+            stop = size if end is None else min(end, size)
+            if start >= stop:
+                return b""
+            with c.blobopen("blobs", "data", row[0], readonly=True) as b:
+                b.seek(start)
+                return b.read(stop - start)
+
+        return await self._read(fn)
+
+    async def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Sequence[int],
+        mode: FlagMode,
+        flags: Iterable[str],
+        unchanged_since: int | None = None,
+    ) -> list[StoreResult]:
+        flagset = frozenset(flags)
+        uid_list = sorted(set(uids))
+
+        def fn(c: sqlite3.Connection) -> tuple[list[StoreResult], list[ChangeEvent]]:
+            mb = c.execute("SELECT account_id FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
+            if mb is None:
+                raise NotFound("no such mailbox")
+            rows = c.execute(
+                "SELECT uid, modseq, flags FROM messages WHERE mailbox_id=? AND uid IN "
+                "(SELECT value FROM json_each(?)) ORDER BY uid",
+                (mailbox_id, json.dumps(uid_list)),
+            ).fetchall()
+            changes: list[tuple[int, frozenset[str]]] = []
+            for uid, modseq, text in rows:
+                if unchanged_since is not None and modseq > unchanged_since:
+                    continue
+                cur = _text_to_flags(text)
+                if mode is FlagMode.ADD:
+                    new = cur | flagset
+                elif mode is FlagMode.REMOVE:
+                    new = cur - flagset
+                else:
+                    new = flagset
+                if new != cur:
+                    changes.append((uid, new))
+            if not changes:
+                return [], []
+            _, modseq = self._bump_mailbox(c, mailbox_id, 0)
+            c.executemany(
+                "UPDATE messages SET flags=?, modseq=? WHERE mailbox_id=? AND uid=?",
+                [(_flags_to_text(f), modseq, mailbox_id, u) for u, f in changes],
+            )
+            results = [StoreResult(u, modseq, f) for u, f in changes]
+            ev = ChangeEvent(
+                mb[0], mailbox_id, ChangeKind.FLAGS, tuple(u for u, _ in changes), modseq
+            )
+            return results, [ev]
+
+        return await self._write(fn)
+
+    def _copy_tx(
+        self, c: sqlite3.Connection, src: int, uids: Sequence[int], dst: int
+    ) -> tuple[list[tuple[int, int]], list[ChangeEvent], int, list[tuple[int, int]]]:
+        owner = c.execute("SELECT account_id FROM mailboxes WHERE id=?", (dst,)).fetchone()
+        if owner is None:
+            raise NotFound("no such mailbox")
+        rows = c.execute(
+            "SELECT uid, flags, internaldate, size, blob_id FROM messages WHERE mailbox_id=? "
+            "AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
+            (src, json.dumps(sorted(set(uids)))),
+        ).fetchall()
+        if not rows:
+            return [], [], owner[0], []
+        first, modseq = self._bump_mailbox(c, dst, len(rows))
+        total = sum(r[3] for r in rows)
+        mapping: list[tuple[int, int]] = []
+        inserts = []
+        for i, (uid, flags, idate, size, blob_id) in enumerate(rows):
+            new_uid = first + i
+            mapping.append((uid, new_uid))
+            inserts.append((dst, new_uid, modseq, flags, idate, size, blob_id))
+        c.executemany(
+            "INSERT INTO messages(mailbox_id, uid, modseq, flags, internaldate, size, blob_id) "
+            "VALUES(?,?,?,?,?,?,?)",
+            inserts,
+        )
+        blob_counts: dict[int, int] = {}
+        for r in rows:
+            blob_counts[r[4]] = blob_counts.get(r[4], 0) + 1
+        c.executemany(
+            "UPDATE blobs SET refcount=refcount+? WHERE id=?",
+            [(n, b) for b, n in blob_counts.items()],
+        )
+        self._charge(c, owner[0], total)
+        ev = ChangeEvent(owner[0], dst, ChangeKind.APPEND, tuple(m[1] for m in mapping), modseq)
+        return mapping, [ev], owner[0], [(r[4], r[3]) for r in rows]
+
+    async def copy_messages(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+    ) -> list[tuple[int, int]]:
+        def fn(c: sqlite3.Connection) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
+            mapping, evs, _, _ = self._copy_tx(c, src_mailbox_id, uids, dst_mailbox_id)
+            return mapping, evs
+
+        return await self._write(fn)
+
+    def _expunge_tx(
+        self, c: sqlite3.Connection, mailbox_id: int, uids: Sequence[int] | None, only_deleted: bool
+    ) -> tuple[list[int], list[ChangeEvent]]:
+        mb = c.execute("SELECT account_id FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
+        if mb is None:
+            raise NotFound("no such mailbox")
+        q = "SELECT uid, size, blob_id FROM messages WHERE mailbox_id=?"
+        args: list[Any] = [mailbox_id]
+        if only_deleted:
+            q += " AND instr(flags, '\\Deleted') > 0"
+        if uids is not None:
+            q += " AND uid IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(sorted(set(uids))))
+        rows = c.execute(q + " ORDER BY uid", args).fetchall()
+        if not rows:
+            return [], []
+        _, modseq = self._bump_mailbox(c, mailbox_id, 0)
+        gone = [r[0] for r in rows]
+        c.executemany(
+            "DELETE FROM messages WHERE mailbox_id=? AND uid=?", [(mailbox_id, u) for u in gone]
+        )
+        c.executemany(
+            "INSERT OR REPLACE INTO tombstones(mailbox_id, uid, modseq) VALUES(?,?,?)",
+            [(mailbox_id, u, modseq) for u in gone],
+        )
+        for _, _, blob_id in rows:
+            self._unref_blob(c, blob_id, 1)
+        total = sum(r[1] for r in rows)
+        c.execute("UPDATE accounts SET used=max(0, used-?) WHERE id=?", (total, mb[0]))
+        return gone, [ChangeEvent(mb[0], mailbox_id, ChangeKind.EXPUNGE, tuple(gone), modseq)]
+
+    def _move_tx(
+        self, c: sqlite3.Connection, account_id: int, src: int, uids: Sequence[int], dst: int
+    ) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
+        mapping, evs, _, _ = self._copy_tx(c, src, uids, dst)
+        if not mapping:
+            return [], []
+        _, evs2 = self._expunge_tx(c, src, [m[0] for m in mapping], only_deleted=False)
+        return mapping, evs + evs2
+
+    async def move_messages(
+        self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
+    ) -> list[tuple[int, int]]:
+        def fn(c: sqlite3.Connection) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
+            return self._move_tx(c, 0, src_mailbox_id, uids, dst_mailbox_id)
+
+        return await self._write(fn)
+
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove messages flagged ``\\Deleted`` (only those among ``uids`` when given)."""
+
+        def fn(c: sqlite3.Connection) -> tuple[list[int], list[ChangeEvent]]:
+            return self._expunge_tx(c, mailbox_id, uids, only_deleted=True)
+
+        return await self._write(fn)
+
+    async def delete_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        """Remove the given messages whatever their flags (POP3 DELE+QUIT, web delete)."""
+
+        def fn(c: sqlite3.Connection) -> tuple[list[int], list[ChangeEvent]]:
+            return self._expunge_tx(c, mailbox_id, uids, only_deleted=False)
+
+        return await self._write(fn)
+
+    async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
+        def fn(c: sqlite3.Connection) -> Changes:
+            row = c.execute(
+                "SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("no such mailbox")
+            changed = c.execute(
+                "SELECT uid, modseq, flags FROM messages WHERE mailbox_id=? AND modseq>? "
+                "ORDER BY uid",
+                (mailbox_id, modseq),
+            ).fetchall()
+            expunged = c.execute(
+                "SELECT uid FROM tombstones WHERE mailbox_id=? AND modseq>? ORDER BY uid",
+                (mailbox_id, modseq),
+            ).fetchall()
+            return Changes(
+                int(row[0]),
+                [(r[0], r[1], _text_to_flags(r[2])) for r in changed],
+                [r[0] for r in expunged],
+            )
+
+        return await self._read(fn)
+
+    async def quota_usage(self, account_id: int) -> tuple[int, int]:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT used, quota FROM accounts WHERE id=?", (account_id,)
+            ).fetchone()
+        )
+        if row is None:
+            raise NotFound("no such account")
+        return int(row[0]), int(row[1])
+
+    # -- maintenance ---------------------------------------------------------------------
+    async def integrity_check(self) -> list[str]:
+        """Verify refcounts and quota bookkeeping; returns a list of problems (empty = fine)."""
+
+        def fn(c: sqlite3.Connection) -> list[str]:
+            problems = []
+            for bid, refcount, actual in c.execute(
+                "SELECT b.id, b.refcount, (SELECT count(*) FROM messages m WHERE m.blob_id=b.id) "
+                "FROM blobs b"
+            ):
+                if refcount != actual:
+                    problems.append(f"blob {bid}: refcount {refcount} but {actual} references")
+            for aid, used, actual in c.execute(
+                "SELECT a.id, a.used, (SELECT coalesce(sum(m.size),0) FROM messages m JOIN "
+                "mailboxes x ON x.id=m.mailbox_id WHERE x.account_id=a.id) FROM accounts a"
+            ):
+                if used != actual:
+                    problems.append(f"account {aid}: used {used} but messages sum to {actual}")
+            return problems
+
+        return await self._read(fn)

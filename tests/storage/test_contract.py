@@ -1,0 +1,308 @@
+"""The storage contract: every backend must pass these (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from conftest import blob_of, sample_message
+
+from letterbird.storage.events import ChangeKind
+from letterbird.storage.interface import (
+    Account,
+    AccountExists,
+    AppendTarget,
+    BlobSource,
+    FlagMode,
+    MailboxExists,
+    NotFound,
+    QuotaExceeded,
+    StorageError,
+)
+from letterbird.storage.sqlite import SqliteStorage
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqliteStorage]:
+    s = SqliteStorage(tmp_path / "contract.db")
+    await s.open()
+    try:
+        yield s
+    finally:
+        problems = await s.integrity_check()
+        await s.close()
+        assert problems == []
+
+
+async def _account(
+    store: SqliteStorage, local: str = "bob", domain: str = "example.test"
+) -> Account:
+    if await store.get_domain(domain) is None:
+        await store.add_domain(domain)
+    return await store.add_account(local, domain, "hash")
+
+
+async def test_domains_accounts_aliases(store: SqliteStorage) -> None:
+    await store.add_domain("example.test")
+    with pytest.raises(AccountExists):
+        await store.add_domain("example.test")
+    bob = await store.add_account("Bob", "example.test", "h1")
+    assert bob.address == "Bob@example.test"
+    with pytest.raises(AccountExists):
+        await store.add_account("bob", "example.test", "h2")  # case-insensitive local part
+    found = await store.find_account("BOB", "example.test")
+    assert found is not None and found.id == bob.id and found.local == "Bob"
+    with pytest.raises(NotFound):
+        await store.add_account("x", "nowhere.test", "h")
+    await store.set_password(bob.id, "h3")
+    assert (await store.get_account(bob.id)).password_hash == "h3"  # type: ignore[union-attr]
+    a = await store.add_alias("info", "example.test", ["Bob@example.test", "x@remote.test"])
+    assert a.targets == ("Bob@example.test", "x@remote.test")
+    await store.add_alias(None, "example.test", ["bob@example.test"])
+    assert (await store.find_alias(None, "example.test")) is not None
+    assert (await store.find_alias("INFO", "example.test")) is not None
+    assert [x.address for x in await store.list_aliases()] == ["@example.test", "info@example.test"]
+    with pytest.raises(StorageError):
+        await store.remove_domain("example.test")  # still has an account
+    await store.remove_alias("info", "example.test")
+    with pytest.raises(NotFound):
+        await store.remove_alias("info", "example.test")
+    await store.remove_account(bob.id)
+    await store.remove_domain("example.test")
+    assert await store.list_domains() == []
+
+
+async def test_default_mailboxes_with_roles(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    boxes = await store.list_mailboxes(bob.id)
+    assert boxes[0].name == "INBOX"
+    roles = {b.name: b.role for b in boxes}
+    assert roles == {
+        "INBOX": None,
+        "Archive": "\\Archive",
+        "Drafts": "\\Drafts",
+        "Junk": "\\Junk",
+        "Sent": "\\Sent",
+        "Trash": "\\Trash",
+    }
+    assert len({b.uidvalidity for b in boxes}) == len(boxes)
+
+
+async def test_append_once_for_many_recipients(store: SqliteStorage) -> None:
+    users = [await _account(store, n) for n in ("a", "b", "c")]
+    msg = sample_message()
+    res = await store.append(blob_of(msg), [AppendTarget(u.id) for u in users])
+    assert [uid for _, uid in res] == [1, 1, 1]
+    (count,) = await store._read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone())
+    assert count == 1
+    for u, (mid, uid) in zip(users, res, strict=True):
+        recs = await store.fetch_messages(mid, [uid])
+        assert recs[0].size == len(msg)
+        assert await store.read_blob(recs[0].blob_id) == msg
+        assert (await store.quota_usage(u.id))[0] == len(msg)
+
+
+async def test_uids_and_modseqs_increase(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    seen = []
+    for i in range(5):
+        [(mid, uid)] = await store.append(blob_of(sample_message(i)), [AppendTarget(bob.id)])
+        seen.append(uid)
+    assert seen == [1, 2, 3, 4, 5]
+    recs = await store.fetch_messages(mid)
+    modseqs = [r.modseq for r in recs]
+    assert modseqs == sorted(modseqs) and len(set(modseqs)) == 5
+    mb = await store.get_mailbox_by_id(mid)
+    assert mb is not None and mb.uidnext == 6 and mb.highestmodseq == modseqs[-1]
+    # non-contiguous fetch is one query and returns exactly those
+    assert [r.uid for r in await store.fetch_messages(mid, [5, 1, 3])] == [1, 3, 5]
+    assert await store.fetch_messages(mid, []) == []
+
+
+async def test_read_blob_ranges(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    msg = sample_message(body="x" * 5000)
+    [(mid, uid)] = await store.append(blob_of(msg), [AppendTarget(bob.id)])
+    [rec] = await store.fetch_messages(mid, [uid])
+    assert await store.read_blob(rec.blob_id, 10, 20) == msg[10:20]
+    assert await store.read_blob(rec.blob_id, len(msg) - 3) == msg[-3:]
+    assert await store.read_blob(rec.blob_id, 10, 10**9) == msg[10:]
+    assert await store.read_blob(rec.blob_id, 10**9) == b""
+    with pytest.raises(NotFound):
+        await store.read_blob("0" * 64)
+
+
+async def test_blob_from_spool_file(store: SqliteStorage, tmp_path: Path) -> None:
+    bob = await _account(store)
+    msg = sample_message(body="y" * 3_000_000)
+    spool = tmp_path / "spool"
+    spool.write_bytes(msg)
+    b = blob_of(msg)
+    src = BlobSource(b.sha256, b.size, b.structure, path=str(spool))
+    [(mid, uid)] = await store.append(src, [AppendTarget(bob.id)])
+    [rec] = await store.fetch_messages(mid, [uid])
+    assert await store.read_blob(rec.blob_id) == msg
+    assert rec.blob_id == hashlib.sha256(msg).hexdigest()
+
+
+async def test_flags(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    for i in range(3):
+        [(mid, _)] = await store.append(
+            blob_of(sample_message(i)), [AppendTarget(bob.id, flags=frozenset({"\\Seen"}))]
+        )
+    before = (await store.get_mailbox_by_id(mid)).highestmodseq  # type: ignore[union-attr]
+    res = await store.store_flags(mid, [1, 2], FlagMode.ADD, ["\\Flagged", "$Work"])
+    assert [r.uid for r in res] == [1, 2]
+    assert res[0].flags == {"\\Seen", "\\Flagged", "$Work"}
+    assert res[0].modseq == before + 1
+    # no change → no modseq bump, nothing returned
+    assert await store.store_flags(mid, [1], FlagMode.ADD, ["\\Seen"]) == []
+    res = await store.store_flags(mid, [1, 2, 3], FlagMode.REMOVE, ["\\Seen"])
+    assert [r.uid for r in res] == [1, 2, 3]
+    res = await store.store_flags(mid, [3], FlagMode.REPLACE, ["\\Answered"])
+    assert res[0].flags == {"\\Answered"}
+    # UNCHANGEDSINCE: message 3 changed after `before`, so it is skipped
+    assert await store.store_flags(mid, [3], FlagMode.ADD, ["x"], unchanged_since=before) == []
+    st = await store.mailbox_status(mid)
+    assert (st.messages, st.unseen, st.first_unseen_uid) == (3, 3, 1)
+
+
+async def test_copy_move_expunge_changes(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    inbox = await store.get_mailbox(bob.id, "inbox")
+    archive = await store.get_mailbox(bob.id, "Archive")
+    assert inbox is not None and archive is not None
+    for i in range(4):
+        await store.append(blob_of(sample_message(i)), [AppendTarget(bob.id)])
+    size = (await store.quota_usage(bob.id))[0]
+    mapping = await store.copy_messages(inbox.id, [1, 3], archive.id)
+    assert mapping == [(1, 1), (3, 2)]
+    assert (await store.quota_usage(bob.id))[0] > size
+    modseq = (await store.get_mailbox_by_id(inbox.id)).highestmodseq  # type: ignore[union-attr]
+    moved = await store.move_messages(inbox.id, [2], archive.id)
+    assert moved == [(2, 3)]
+    ch = await store.changes_since(inbox.id, modseq)
+    assert ch.expunged == [2] and ch.changed == []
+    await store.store_flags(inbox.id, [1, 4], FlagMode.ADD, ["\\Deleted"])
+    assert await store.expunge(inbox.id, [4]) == [4]  # UID EXPUNGE: only those named
+    assert await store.expunge(inbox.id) == [1]
+    assert [u for u, _, _ in await store.list_messages(inbox.id)] == [3]
+    ch = await store.changes_since(inbox.id, modseq)
+    assert ch.expunged == [1, 2, 4]
+    assert [u for u, _, _ in await store.list_messages(archive.id)] == [1, 2, 3]
+    assert await store.delete_messages(archive.id, [1, 2, 3]) == [1, 2, 3]
+
+
+async def test_mailbox_lifecycle(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    await store.create_mailbox(bob.id, "Work")
+    await store.create_mailbox(bob.id, "Work/2026")
+    with pytest.raises(MailboxExists):
+        await store.create_mailbox(bob.id, "Work")
+    old = await store.get_mailbox(bob.id, "Work")
+    await store.append(blob_of(sample_message()), [AppendTarget(bob.id, "Work/2026")])
+    await store.rename_mailbox(bob.id, "Work", "Jobs")
+    names = [b.name for b in await store.list_mailboxes(bob.id)]
+    assert "Jobs" in names and "Jobs/2026" in names and "Work" not in names
+    renamed = await store.get_mailbox(bob.id, "Jobs")
+    assert renamed is not None and old is not None and renamed.uidvalidity == old.uidvalidity
+    with pytest.raises(NotFound):
+        await store.rename_mailbox(bob.id, "Nope", "X")
+    await store.delete_mailbox(bob.id, "Jobs/2026")
+    assert (await store.quota_usage(bob.id))[0] == 0
+    await store.delete_mailbox(bob.id, "Jobs")
+    again = await store.create_mailbox(bob.id, "Jobs")
+    assert again.uidvalidity != renamed.uidvalidity  # a new mailbox of an old name
+    with pytest.raises(StorageError):
+        await store.delete_mailbox(bob.id, "INBOX")
+    await store.set_subscribed(bob.id, "Jobs", False)
+    assert not (await store.get_mailbox(bob.id, "Jobs")).subscribed  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        await store.create_mailbox(bob.id, "bad//name")
+
+
+async def test_rename_inbox_moves_messages(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    await store.append(blob_of(sample_message()), [AppendTarget(bob.id)])
+    await store.rename_mailbox(bob.id, "INBOX", "Old")
+    inbox = await store.get_mailbox(bob.id, "INBOX")
+    old = await store.get_mailbox(bob.id, "Old")
+    assert inbox is not None and old is not None
+    assert await store.list_messages(inbox.id) == []
+    assert len(await store.list_messages(old.id)) == 1
+
+
+async def test_quota(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    msg = sample_message()
+    await store.set_quota(bob.id, len(msg) * 2)
+    await store.append(blob_of(sample_message(1)), [AppendTarget(bob.id)])
+    await store.append(blob_of(sample_message(2)), [AppendTarget(bob.id)])
+    with pytest.raises(QuotaExceeded):
+        await store.append(blob_of(sample_message(3)), [AppendTarget(bob.id)])
+    inbox = await store.get_mailbox(bob.id, "INBOX")
+    assert inbox is not None and len(await store.list_messages(inbox.id)) == 2
+    (count,) = await store._read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone())
+    assert count == 2  # the refused message left nothing behind
+
+
+async def test_group_commit_and_order(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    batches = store.batches
+    results = await asyncio.gather(
+        *(store.append(blob_of(sample_message(i)), [AppendTarget(bob.id)]) for i in range(200))
+    )
+    uids = sorted(uid for [(_, uid)] in results)
+    assert uids == list(range(1, 201))
+    assert store.batches - batches < 200  # concurrent appends shared commits
+
+
+async def test_failed_job_does_not_spoil_its_batch(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    await store.set_quota(bob.id, 1)  # everything for bob fails
+    alice = await _account(store, "alice")
+    res = await asyncio.gather(
+        store.append(blob_of(sample_message(1)), [AppendTarget(bob.id)]),
+        store.append(blob_of(sample_message(2)), [AppendTarget(alice.id)]),
+        return_exceptions=True,
+    )
+    assert isinstance(res[0], QuotaExceeded)
+    assert res[1] == [(res[1][0][0], 1)]  # type: ignore[index]
+
+
+async def test_change_events_after_commit(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    with store.bus.subscribe(bob.id) as sub:
+        [(mid, uid)] = await store.append(blob_of(sample_message()), [AppendTarget(bob.id)])
+        ev = await asyncio.wait_for(sub.get(), 2)
+        assert (ev.kind, ev.mailbox_id, ev.uids) == (ChangeKind.APPEND, mid, (uid,))
+        # the event is published after commit: a reader sees the message already
+        assert len(await store.fetch_messages(mid, [uid])) == 1
+        await store.store_flags(mid, [uid], FlagMode.ADD, ["\\Seen"])
+        ev = await asyncio.wait_for(sub.get(), 2)
+        assert ev.kind is ChangeKind.FLAGS
+        await store.delete_messages(mid, [uid])
+        ev = await asyncio.wait_for(sub.get(), 2)
+        assert ev.kind is ChangeKind.EXPUNGE and ev.uids == (uid,)
+
+
+async def test_survives_reopen(tmp_path: Path) -> None:
+    s = SqliteStorage(tmp_path / "r.db")
+    await s.open()
+    bob = await _account(s)
+    msg = sample_message()
+    [(mid, uid)] = await s.append(blob_of(msg), [AppendTarget(bob.id)])
+    await s.close()
+    s2 = SqliteStorage(tmp_path / "r.db")
+    await s2.open()
+    [rec] = await s2.fetch_messages(mid, [uid])
+    assert await s2.read_blob(rec.blob_id) == msg
+    mode = await s2._read(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
+    assert mode == "wal"
+    await s2.close()
+    with pytest.raises(StorageError):
+        await s2.list_domains()
