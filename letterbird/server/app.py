@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from letterbird.config import Config
+from letterbird.delivery.dns import Resolver
 from letterbird.directory.service import Directory
 from letterbird.logs import event
 from letterbird.server.tls import TlsManager
@@ -60,11 +61,13 @@ class App:
     storage: Storage
     directory: Directory
     tls: TlsManager
+    resolver: Resolver | None = None
     clock: Callable[[], float] = time.time
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     connections: set[asyncio.Task[None]] = field(default_factory=set)
     per_ip: dict[tuple[str, str], int] = field(default_factory=dict)
     services: dict[str, object] = field(default_factory=dict)
+    stop_callbacks: set[Callable[[], None]] = field(default_factory=set)
 
     def connection_count(self, protocol_group: str) -> int:
         return sum(n for (g, _), n in self.per_ip.items() if g == protocol_group)

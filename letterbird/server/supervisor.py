@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 
 from letterbird.config import Config, parse_hostport
+from letterbird.delivery.dns import Resolver
 from letterbird.directory.service import Directory
 from letterbird.logs import event
 from letterbird.server.app import PROTOCOLS, App, ProtocolSpec
@@ -25,7 +26,7 @@ from letterbird.storage import open_storage_for
 log = logging.getLogger("letterbird.server")
 
 # Modules that register protocol listeners (letterbird.server.app.register) on import.
-PROTOCOL_MODULES: tuple[str, ...] = ()
+PROTOCOL_MODULES: tuple[str, ...] = ("letterbird.server.smtp", "letterbird.server.pop3")
 
 SHUTDOWN_GRACE = 10.0
 DEMO_DOMAIN = "example.test"
@@ -50,6 +51,8 @@ class Running:
         for s in self.servers:
             s.close()
         self.app.stopping.set()
+        for callback in list(self.app.stop_callbacks):
+            callback()
         await self.app.drain_connections(SHUTDOWN_GRACE)
         for s in self.servers:
             try:
@@ -96,7 +99,13 @@ async def start_server(config: Config, *, demo: bool = True) -> Running:
         importlib.import_module(mod)
     storage = open_storage_for(config)
     await storage.open()
-    app = App(config, storage, Directory(storage, config), TlsManager(config))
+    app = App(
+        config,
+        storage,
+        Directory(storage, config),
+        TlsManager(config),
+        resolver=Resolver.from_config(config),
+    )
     running = Running(app)
     try:
         if demo:

@@ -1,0 +1,109 @@
+"""SMTP reception benchmark: Postfix's smtp-source against Letterbird, Postfix and aiosmtpd.
+
+    .venv/bin/python -m bench.smtp_inbound [--messages 5000] [--sessions 20] [--size 4096]
+
+Each server receives the same load from ``/usr/sbin/smtp-source`` (``-d``: each session keeps
+its connection): Letterbird (SQLite, fsync'd group commit before every 250), a private Postfix
+MX delivering to maildir (queue file fsync'd before 250; delivery to maildir after), and a
+small aiosmtpd server that fsyncs every message to a maildir before 250. Prints messages per
+second accepted (smtp-source's wall time), Postfix's rate until the last message reached the
+maildir too, the ratios, and Letterbird's peak RSS. Not a test: nothing here asserts timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from bench.common import letterbird, print_table
+from bench.peers import aiosmtpd_baseline, peer_workdir, postfix_mx, smtp_source
+
+
+def run(messages: int, sessions: int, size: int) -> None:
+    results: dict[str, float] = {}
+    rows: list[tuple[str, ...]] = [("server", "msgs/s", "seconds", "note")]
+
+    with letterbird(smtp=True) as lb:
+        lb.admin("domain", "add", "example.test")
+        lb.admin("user", "add", "bob@example.test", "--password-stdin", stdin="bench-pw\n")
+        elapsed = smtp_source(
+            lb.address("smtp"),
+            sessions=sessions,
+            messages=messages,
+            size=size,
+            recipient="bob@example.test",
+            reuse_connection=True,
+        )
+        stored = lb.admin("mailbox", "list", "bob@example.test").splitlines()[0].split()[1]
+        rss = lb.peak_rss_kb()
+        results["letterbird"] = messages / elapsed
+        rows.append(
+            (
+                "letterbird",
+                f"{messages / elapsed:.0f}",
+                f"{elapsed:.2f}",
+                f"stored={stored} peak RSS={rss / 1024:.1f} MiB",
+            )
+        )
+
+    with peer_workdir() as work:
+        with aiosmtpd_baseline(work / "aiosmtpd") as base:
+            elapsed = smtp_source(
+                base.address,
+                sessions=sessions,
+                messages=messages,
+                size=size,
+                recipient="bob@example.test",
+                reuse_connection=True,
+            )
+            base.wait_for_count(messages, timeout=60)
+            results["aiosmtpd"] = messages / elapsed
+            rows.append(
+                (
+                    "aiosmtpd (fsync maildir)",
+                    f"{messages / elapsed:.0f}",
+                    f"{elapsed:.2f}",
+                    f"stored={base.count()}",
+                )
+            )
+
+        with postfix_mx(work / "postfix", domains=["example.test"], users=["bob"]) as pf:
+            start = time.perf_counter()
+            elapsed = smtp_source(
+                pf.address,
+                sessions=sessions,
+                messages=messages,
+                size=size,
+                recipient="bob@example.test",
+                reuse_connection=True,
+            )
+            pf.wait_for_maildir("bob", messages, timeout=600)
+            delivered = time.perf_counter() - start
+            results["postfix"] = messages / elapsed
+            rows.append(
+                (
+                    "postfix (queue, fsync)",
+                    f"{messages / elapsed:.0f}",
+                    f"{elapsed:.2f}",
+                    f"all in maildir after {delivered:.2f}s ({messages / delivered:.0f} msgs/s)",
+                )
+            )
+
+    print(f"smtp-source: {messages} messages of {size} bytes over {sessions} sessions")
+    print_table(rows)
+    lb_rate = results["letterbird"]
+    print(f"letterbird / aiosmtpd = {lb_rate / results['aiosmtpd']:.2f}x   (target >= 1.5x)")
+    print(f"letterbird / postfix  = {lb_rate / results['postfix']:.2f}x   (target >= 2x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--size", type=int, default=4096)
+    args = ap.parse_args()
+    run(args.messages, args.sessions, args.size)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Run a real Letterbird server for end-to-end tests: in a thread of this process, or as a
+separate `letterbird serve` process (for signal and crash tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from letterbird.config import Config
+from letterbird.server.supervisor import Running, start_server
+
+T = TypeVar("T")
+
+CHEAP_AUTH_TOML = """
+[auth]
+argon2_time_cost = 1
+argon2_memory_kib = 8
+argon2_parallelism = 1
+failure_delay = 0
+"""
+
+
+class ServerThread:
+    """`letterbird serve` in a background thread with its own event loop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.running: Running | None = None
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        self.running = self.call(start_server(self.config, demo=False))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.call(self.running.stop(), timeout=60)
+            self.running = None
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    @property
+    def app(self):  # type: ignore[no-untyped-def]
+        assert self.running is not None
+        return self.running.app
+
+    def address(self, key: str) -> tuple[str, int]:
+        assert self.running is not None
+        return self.running.address(key)
+
+    # conveniences for tests
+    def add_user(self, address: str, password: str = "secret") -> None:
+        domain = address.rpartition("@")[2]
+
+        async def run() -> None:
+            if not await self.app.directory.is_local_domain(domain):
+                await self.app.directory.add_domain(domain)
+            await self.app.directory.add_user(address, password)
+
+        self.call(run())
+
+    def messages(self, address: str, mailbox: str = "INBOX") -> list[bytes]:
+        async def run() -> list[bytes]:
+            account = await self.app.directory.get_user(address)
+            mb = await self.app.storage.get_mailbox(account.id, mailbox)
+            recs = await self.app.storage.fetch_messages(mb.id)
+            return [await self.app.storage.read_blob(r.blob_id) for r in recs]
+
+        return self.call(run())
+
+
+def server_config(tmp_path: Path, **listen: list[str]) -> Config:
+    from conftest import make_config
+
+    cfg = make_config(tmp_path)
+    return dataclasses.replace(cfg, listen=dataclasses.replace(cfg.listen, **listen))
+
+
+def write_config(path: Path, body: str) -> Path:
+    path.write_text(body + CHEAP_AUTH_TOML)
+    return path
+
+
+class ServerProcess:
+    """`python -m letterbird serve` as a child process, parsing the bound ports from its log."""
+
+    def __init__(self, config_path: Path, *args: str) -> None:
+        self.config_path = config_path
+        self.args = args
+        self.proc: subprocess.Popen[str] | None = None
+        self.bound: dict[str, tuple[str, int]] = {}
+        self.log: list[str] = []
+
+    def start(self, wait_for: str = "server.ready", timeout: float = 30) -> ServerProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "letterbird",
+                "--config",
+                str(self.config_path),
+                "serve",
+                *self.args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(wait_for in line for line in self.log):
+                return self
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                raise RuntimeError("server exited:\n" + "\n".join(self.log))
+            time.sleep(0.02)
+        raise RuntimeError("server did not start:\n" + "\n".join(self.log))
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.log.append(line)
+            m = re.search(r"(\w+) listening on (\S+):(\d+)$", line)
+            if m:
+                self.bound.setdefault(m.group(1), (m.group(2), int(m.group(3))))
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
