@@ -39,6 +39,9 @@ __all__ = [
     "MailboxStatus",
     "MessageRecord",
     "NotFound",
+    "OutgoingMessage",
+    "QueueEntry",
+    "QueueRecipient",
     "QuotaExceeded",
     "Storage",
     "StorageError",
@@ -191,6 +194,48 @@ class AppendTarget:
     mailbox_id: int | None = None  # when set, used instead of the name
 
 
+@dataclass(frozen=True, slots=True)
+class QueueRecipient:
+    """One recipient of a queued message, with its DSN parameters (RFC 3461)."""
+
+    address: str
+    notify: tuple[str, ...] = ()  # () = default (FAILURE,DELAY); ("NEVER",) or a subset
+    orcpt: str | None = None  # "rfc822;addr" as received
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """What to queue for delivery to other servers, committed with the local deliveries."""
+
+    sender: str  # reverse path; "" for a bounce
+    recipients: tuple[QueueRecipient, ...]
+    envid: str | None = None
+    ret: str | None = None  # "FULL" | "HDRS" | None
+    account_id: int | None = None  # the submitting account (sending limits), None for relayed
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One destination domain of one queued message (DESIGN.md §6)."""
+
+    id: int
+    queue_id: str
+    domain: str
+    recipients: tuple[QueueRecipient, ...]
+    due: float
+    attempts: int
+    last_error: str
+    owner: str | None
+    lease_until: float | None
+    created: float
+    warned: bool
+    sender: str
+    envid: str | None
+    ret: str | None
+    blob_id: str
+    size: int
+
+
 class Storage(Protocol):
     """The operations every backend provides. See the module docstring for guarantees."""
 
@@ -235,6 +280,13 @@ class Storage(Protocol):
     async def append(
         self, blob: BlobSource, targets: Sequence[AppendTarget]
     ) -> list[tuple[int, int]]: ...
+    async def deliver(
+        self,
+        blob: BlobSource,
+        targets: Sequence[AppendTarget],
+        outgoing: OutgoingMessage | None = None,
+        queue_id: str | None = None,
+    ) -> list[tuple[int, int]]: ...
     async def list_messages(self, mailbox_id: int) -> list[tuple[int, int, frozenset[str]]]: ...
     async def fetch_messages(
         self, mailbox_id: int, uids: Iterable[int] | None = None
@@ -257,3 +309,22 @@ class Storage(Protocol):
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]: ...
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
     async def quota_usage(self, account_id: int) -> tuple[int, int]: ...
+
+    # -- the outgoing queue (DESIGN.md §6) ----------------------------------------------
+    async def queue_claim(
+        self, owner: str, lease: float, limit: int, now: float | None = None
+    ) -> list[QueueEntry]: ...
+    async def queue_renew(self, entry_ids: Sequence[int], owner: str, lease: float) -> int: ...
+    async def queue_update(
+        self,
+        entry_id: int,
+        owner: str,
+        remaining: Sequence[QueueRecipient],
+        due: float,
+        last_error: str,
+        warned: bool = False,
+    ) -> bool: ...
+    async def queue_entries(self, queue_id: str | None = None) -> list[QueueEntry]: ...
+    async def queue_remove(self, queue_id: str) -> list[QueueEntry]: ...
+    async def queue_flush(self, now: float | None = None) -> int: ...
+    async def queue_next_due(self) -> float | None: ...

@@ -46,6 +46,9 @@ from letterbird.storage.interface import (
     MailboxStatus,
     MessageRecord,
     NotFound,
+    OutgoingMessage,
+    QueueEntry,
+    QueueRecipient,
     QuotaExceeded,
     StorageError,
     StoreResult,
@@ -128,7 +131,44 @@ MIGRATIONS: list[str] = [
     CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
 ]
+MIGRATIONS.append(
+    # version 2: the outgoing queue (DESIGN.md §6)
+    """
+    CREATE TABLE queue_messages(
+        id TEXT PRIMARY KEY,
+        blob_id INTEGER NOT NULL REFERENCES blobs(id),
+        sender TEXT NOT NULL,
+        envid TEXT,
+        ret TEXT,
+        account_id INTEGER,
+        created REAL NOT NULL
+    );
+    CREATE TABLE queue_entries(
+        id INTEGER PRIMARY KEY,
+        queue_id TEXT NOT NULL REFERENCES queue_messages(id),
+        domain TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        due REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        owner TEXT,
+        lease_until REAL,
+        warned INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL
+    );
+    CREATE INDEX queue_entries_due ON queue_entries(due);
+    CREATE INDEX queue_entries_queue_id ON queue_entries(queue_id);
+    """
+)
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _rcpts_to_json(rcpts: Sequence[QueueRecipient]) -> str:
+    return json.dumps([[r.address, list(r.notify), r.orcpt] for r in rcpts])
+
+
+def _json_to_rcpts(text: str) -> tuple[QueueRecipient, ...]:
+    return tuple(QueueRecipient(a, tuple(n), o) for a, n, o in json.loads(text))
 
 
 def _flags_to_text(flags: Iterable[str]) -> str:
@@ -799,12 +839,29 @@ class SqliteStorage:
 
         Returns ``(mailbox_id, uid)`` per target, in order.
         """
-        if not targets:
+        return await self.deliver(blob, targets)
+
+    async def deliver(
+        self,
+        blob: BlobSource,
+        targets: Sequence[AppendTarget],
+        outgoing: OutgoingMessage | None = None,
+        queue_id: str | None = None,
+    ) -> list[tuple[int, int]]:
+        """One transaction: the blob, a mailbox entry per local target and, when ``outgoing``
+        is given, a queued message (``queue_id``) with one entry per destination domain.
+
+        This is the commit behind SMTP's final ``250`` (DESIGN.md §5).
+        """
+        if not targets and (outgoing is None or not outgoing.recipients):
             return []
+        if outgoing is not None and not queue_id:
+            raise ValueError("a queued message needs a queue id")
         now = time.time()
 
         def fn(c: sqlite3.Connection) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
-            blob_id = self._store_blob_tx(c, blob, len(targets))
+            refs = len(targets) + (1 if outgoing is not None else 0)
+            blob_id = self._store_blob_tx(c, blob, refs)
             out: list[tuple[int, int]] = []
             events: list[ChangeEvent] = []
             for t in targets:
@@ -828,9 +885,192 @@ class SqliteStorage:
                 events.append(
                     ChangeEvent(t.account_id, mailbox_id, ChangeKind.APPEND, (uid,), modseq)
                 )
+            if outgoing is not None:
+                assert queue_id is not None
+                self._enqueue_tx(c, queue_id, blob_id, outgoing, now)
             return out, events
 
         return await self._write(fn)
+
+    # -- the outgoing queue ----------------------------------------------------------------
+    @staticmethod
+    def _enqueue_tx(
+        c: sqlite3.Connection, queue_id: str, blob_id: int, msg: OutgoingMessage, now: float
+    ) -> None:
+        c.execute(
+            "INSERT INTO queue_messages(id, blob_id, sender, envid, ret, account_id, created) "
+            "VALUES(?,?,?,?,?,?,?)",
+            (queue_id, blob_id, msg.sender, msg.envid, msg.ret, msg.account_id, now),
+        )
+        by_domain: dict[str, list[QueueRecipient]] = {}
+        for r in msg.recipients:
+            by_domain.setdefault(r.address.rpartition("@")[2].lower(), []).append(r)
+        c.executemany(
+            "INSERT INTO queue_entries(queue_id, domain, recipients, due, created) "
+            "VALUES(?,?,?,?,?)",
+            [(queue_id, d, _rcpts_to_json(rs), now, now) for d, rs in by_domain.items()],
+        )
+
+    _ENTRY_COLS = (
+        "e.id, e.queue_id, e.domain, e.recipients, e.due, e.attempts, e.last_error, e.owner, "
+        "e.lease_until, e.created, e.warned, q.sender, q.envid, q.ret, b.hash, b.size "
+        "FROM queue_entries e JOIN queue_messages q ON q.id = e.queue_id "
+        "JOIN blobs b ON b.id = q.blob_id"
+    )
+
+    @staticmethod
+    def _entry(r: Any) -> QueueEntry:
+        return QueueEntry(
+            r[0],
+            r[1],
+            r[2],
+            _json_to_rcpts(r[3]),
+            r[4],
+            r[5],
+            r[6],
+            r[7],
+            r[8],
+            r[9],
+            bool(r[10]),
+            r[11],
+            r[12],
+            r[13],
+            r[14],
+            r[15],
+        )
+
+    async def queue_claim(
+        self, owner: str, lease: float, limit: int, now: float | None = None
+    ) -> list[QueueEntry]:
+        """Lease up to ``limit`` due entries to ``owner`` until ``now + lease``."""
+
+        def fn(c: sqlite3.Connection) -> tuple[list[QueueEntry], list[ChangeEvent]]:
+            t = time.time() if now is None else now
+            rows = c.execute(
+                f"SELECT {self._ENTRY_COLS} WHERE e.due <= ? AND "
+                "(e.lease_until IS NULL OR e.lease_until < ?) ORDER BY e.due LIMIT ?",
+                (t, t, limit),
+            ).fetchall()
+            if not rows:
+                return [], []
+            c.executemany(
+                "UPDATE queue_entries SET owner=?, lease_until=? WHERE id=?",
+                [(owner, t + lease, r[0]) for r in rows],
+            )
+            return [self._entry((*r[:7], owner, t + lease, *r[9:])) for r in rows], []
+
+        return await self._write(fn)
+
+    async def queue_renew(self, entry_ids: Sequence[int], owner: str, lease: float) -> int:
+        """Extend our leases; returns how many we still hold."""
+        ids = list(entry_ids)
+
+        def fn(c: sqlite3.Connection) -> tuple[int, list[ChangeEvent]]:
+            until = time.time() + lease
+            n = 0
+            for i in ids:
+                n += c.execute(
+                    "UPDATE queue_entries SET lease_until=? WHERE id=? AND owner=?",
+                    (until, i, owner),
+                ).rowcount
+            return n, []
+
+        return await self._write(fn)
+
+    async def queue_update(
+        self,
+        entry_id: int,
+        owner: str,
+        remaining: Sequence[QueueRecipient],
+        due: float,
+        last_error: str,
+        warned: bool = False,
+    ) -> bool:
+        """Finish an attempt: keep ``remaining`` recipients for another try at ``due`` (none
+        left: the entry is done and, with the message's last entry, the message too).
+
+        Returns False when our lease was lost (another node took the entry): nothing changes.
+        """
+        rest = tuple(remaining)
+
+        def fn(c: sqlite3.Connection) -> tuple[bool, list[ChangeEvent]]:
+            row = c.execute(
+                "SELECT queue_id, owner FROM queue_entries WHERE id=?", (entry_id,)
+            ).fetchone()
+            if row is None or row[1] != owner:
+                return False, []
+            if rest:
+                c.execute(
+                    "UPDATE queue_entries SET recipients=?, due=?, attempts=attempts+1, "
+                    "last_error=?, owner=NULL, lease_until=NULL, warned=? WHERE id=?",
+                    (_rcpts_to_json(rest), due, last_error, int(warned), entry_id),
+                )
+            else:
+                c.execute("DELETE FROM queue_entries WHERE id=?", (entry_id,))
+                self._drop_queue_message_if_done(c, row[0])
+            return True, []
+
+        return await self._write(fn)
+
+    def _drop_queue_message_if_done(self, c: sqlite3.Connection, queue_id: str) -> None:
+        left = c.execute(
+            "SELECT count(*) FROM queue_entries WHERE queue_id=?", (queue_id,)
+        ).fetchone()[0]
+        if left:
+            return
+        row = c.execute("SELECT blob_id FROM queue_messages WHERE id=?", (queue_id,)).fetchone()
+        if row is not None:
+            c.execute("DELETE FROM queue_messages WHERE id=?", (queue_id,))
+            self._unref_blob(c, row[0], 1)
+
+    async def queue_entries(self, queue_id: str | None = None) -> list[QueueEntry]:
+        def fn(c: sqlite3.Connection) -> list[Any]:
+            if queue_id is None:
+                return c.execute(f"SELECT {self._ENTRY_COLS} ORDER BY e.created, e.id").fetchall()
+            return c.execute(
+                f"SELECT {self._ENTRY_COLS} WHERE e.queue_id=? ORDER BY e.id", (queue_id,)
+            ).fetchall()
+
+        return [self._entry(r) for r in await self._read(fn, offload=True)]
+
+    async def queue_remove(self, queue_id: str) -> list[QueueEntry]:
+        """Delete a queued message (all its entries); returns what was removed."""
+
+        def fn(c: sqlite3.Connection) -> tuple[list[QueueEntry], list[ChangeEvent]]:
+            rows = c.execute(
+                f"SELECT {self._ENTRY_COLS} WHERE e.queue_id=?", (queue_id,)
+            ).fetchall()
+            if (
+                not rows
+                and c.execute("SELECT 1 FROM queue_messages WHERE id=?", (queue_id,)).fetchone()
+                is None
+            ):
+                raise NotFound(f"no queued message {queue_id}")
+            c.execute("DELETE FROM queue_entries WHERE queue_id=?", (queue_id,))
+            self._drop_queue_message_if_done(c, queue_id)
+            return [self._entry(r) for r in rows], []
+
+        return await self._write(fn)
+
+    async def queue_flush(self, now: float | None = None) -> int:
+        """Make every entry due now; returns how many were waiting."""
+
+        def fn(c: sqlite3.Connection) -> tuple[int, list[ChangeEvent]]:
+            t = time.time() if now is None else now
+            n = c.execute("UPDATE queue_entries SET due=? WHERE due>?", (t, t)).rowcount
+            return n, []
+
+        return await self._write(fn)
+
+    async def queue_next_due(self) -> float | None:
+        """When the earliest entry not leased by anyone becomes due (None: queue empty)."""
+        t = time.time()
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT min(max(due, coalesce(lease_until, 0))) FROM queue_entries"
+            ).fetchone()
+        )
+        return None if row is None or row[0] is None else max(float(row[0]), t)
 
     async def list_messages(self, mailbox_id: int) -> list[tuple[int, int, frozenset[str]]]:
         rows = await self._read(
@@ -1090,7 +1330,7 @@ class SqliteStorage:
             problems = []
             for bid, refcount, actual in c.execute(
                 "SELECT b.id, b.refcount, (SELECT count(*) FROM messages m WHERE m.blob_id=b.id) "
-                "FROM blobs b"
+                "+ (SELECT count(*) FROM queue_messages q WHERE q.blob_id=b.id) FROM blobs b"
             ):
                 if refcount != actual:
                     problems.append(f"blob {bid}: refcount {refcount} but {actual} references")

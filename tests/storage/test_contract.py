@@ -306,3 +306,117 @@ async def test_survives_reopen(tmp_path: Path) -> None:
     await s2.close()
     with pytest.raises(StorageError):
         await s2.list_domains()
+
+
+async def test_queue_committed_with_local_delivery(store: SqliteStorage) -> None:
+    from letterbird.storage.interface import OutgoingMessage, QueueRecipient
+
+    bob = await _account(store)
+    out = OutgoingMessage(
+        "bob@example.test",
+        (
+            QueueRecipient("x@remote.test", ("SUCCESS",), "rfc822;x@remote.test"),
+            QueueRecipient("y@REMOTE.test"),
+            QueueRecipient("z@other.test"),
+        ),
+        envid="E1",
+        ret="HDRS",
+    )
+    res = await store.deliver(blob_of(sample_message()), [AppendTarget(bob.id)], out, "Q1")
+    assert len(res) == 1
+    entries = await store.queue_entries()
+    assert [(e.queue_id, e.domain, len(e.recipients)) for e in entries] == [
+        ("Q1", "remote.test", 2),
+        ("Q1", "other.test", 1),
+    ]
+    assert entries[0].recipients[0] == QueueRecipient(
+        "x@remote.test", ("SUCCESS",), "rfc822;x@remote.test"
+    )
+    assert (entries[0].sender, entries[0].envid, entries[0].ret) == (
+        "bob@example.test",
+        "E1",
+        "HDRS",
+    )
+    assert await store.read_blob(entries[0].blob_id) == sample_message()
+    # remote-only: no mailbox entry, the blob is still kept for the queue
+    await store.deliver(
+        blob_of(sample_message(2)), [], OutgoingMessage("", (QueueRecipient("a@b.test"),)), "Q2"
+    )
+    assert {e.queue_id for e in await store.queue_entries()} == {"Q1", "Q2"}
+    with pytest.raises(ValueError):
+        await store.deliver(blob_of(sample_message(3)), [], out)  # no queue id
+
+
+async def test_queue_leases_and_updates(store: SqliteStorage) -> None:
+    from letterbird.storage.interface import OutgoingMessage, QueueRecipient
+
+    out = OutgoingMessage(
+        "a@example.test", (QueueRecipient("x@r.test"), QueueRecipient("y@r.test"))
+    )
+    await store.deliver(blob_of(sample_message()), [], out, "Q1")
+    now = 1_000_000_000.0 * 2
+    [e] = await store.queue_claim("node-a", lease=60, limit=10, now=now)
+    assert e.owner == "node-a" and e.lease_until == now + 60
+    # leased: another node gets nothing until the lease expires
+    assert await store.queue_claim("node-b", lease=60, limit=10, now=now + 30) == []
+    # node-a's lease expired: node-b takes over, node-a's late update is refused
+    [e2] = await store.queue_claim("node-b", lease=60, limit=10, now=now + 61)
+    assert e2.id == e.id
+    assert not await store.queue_update(e.id, "node-a", [], now, "")
+    # node-b: one recipient delivered, one to retry later
+    assert await store.queue_update(
+        e.id, "node-b", [QueueRecipient("y@r.test")], now + 300, "451 4.3.0 try later"
+    )
+    [left] = await store.queue_entries("Q1")
+    assert (left.attempts, left.last_error, left.owner) == (1, "451 4.3.0 try later", None)
+    assert [r.address for r in left.recipients] == ["y@r.test"]
+    assert await store.queue_claim("node-b", lease=60, limit=10, now=now + 100) == []
+    assert await store.queue_next_due() is not None
+    assert await store.queue_flush(now=now + 100) == 1
+    [again] = await store.queue_claim("node-b", lease=60, limit=10, now=now + 100)
+    assert await store.queue_renew([again.id], "node-b", 120) == 1
+    assert await store.queue_renew([again.id], "node-a", 120) == 0
+    # done: the entry, the queued message and the blob go away
+    assert await store.queue_update(again.id, "node-b", [], 0, "")
+    assert await store.queue_entries() == []
+    (count,) = await store._read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone())
+    assert count == 0
+    assert await store.queue_next_due() is None
+
+
+async def test_queue_remove(store: SqliteStorage) -> None:
+    from letterbird.storage.interface import OutgoingMessage, QueueRecipient
+
+    out = OutgoingMessage(
+        "a@example.test", (QueueRecipient("x@r.test"), QueueRecipient("y@s.test"))
+    )
+    await store.deliver(blob_of(sample_message()), [], out, "Q9")
+    removed = await store.queue_remove("Q9")
+    assert sorted(e.domain for e in removed) == ["r.test", "s.test"]
+    assert await store.queue_entries() == []
+    with pytest.raises(NotFound):
+        await store.queue_remove("Q9")
+
+
+async def test_migrates_from_version_1(tmp_path: Path) -> None:
+    import sqlite3
+
+    from letterbird.storage.sqlite import MIGRATIONS, SCHEMA_VERSION
+
+    path = tmp_path / "old.db"
+    c = sqlite3.connect(path, isolation_level=None)
+    for stmt in MIGRATIONS[0].split(";"):
+        if stmt.strip():
+            c.execute(stmt)
+    c.execute("PRAGMA user_version=1")
+    c.execute("INSERT INTO domains(name, created) VALUES('example.test', 0)")
+    c.close()
+    s = SqliteStorage(path)
+    await s.open()
+    try:
+        assert [d.name for d in await s.list_domains()] == ["example.test"]
+        assert await s.queue_entries() == []
+        v = await s._read(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
+        assert v == SCHEMA_VERSION
+    finally:
+        await s.close()
