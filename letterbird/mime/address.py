@@ -214,26 +214,23 @@ def parse_addresses(value: str, limit: int = 1000) -> list[Address]:
         # One element: up to a top-level "," or ";" (or a group's ":").
         j = i
         angle = False
-        group_colon = -1
+        addressy = False  # after a "<" or "@", a ":" no longer starts a group
+        group = False
         while j < n:
             kind = tokens[j].kind
             if kind == "<":
-                angle = True
+                angle = addressy = True
             elif kind == ">":
                 angle = False
+            elif kind == "@":
+                addressy = True
             elif not angle and kind in (",", ";"):
                 break
-            elif (
-                not angle
-                and kind == ":"
-                and not in_group
-                and group_colon < 0
-                and not any(t.kind in ("<", "@") for t in tokens[i:j])
-            ):
-                group_colon = j
+            elif kind == ":" and not (angle or addressy or in_group):
+                group = True
                 break
             j += 1
-        if group_colon >= 0:
+        if group:
             out.append(Address(None, None, _phrase(tokens[i:j]) or "", None))
             in_group = True
             i = j + 1

@@ -1,8 +1,8 @@
 """parse_message: MIME tree and byte offsets, envelope and display fields, limits, robustness.
 
 ``DOVECOT_SECTIONS`` holds, for a handful of messages, every ``BODY[section]`` Dovecot 2.3.19.1
-returned for them (recorded once from a private throw-away instance; the tests do not need
-Dovecot): slicing the message at our offsets must give the same bytes.
+returned for them (recorded once from a private throw-away instance with ``dovecot_fetch.py``;
+the tests do not need Dovecot): slicing the message at our offsets must give the same bytes.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """ENVELOPE / BODY / BODYSTRUCTURE formatting, checked against Dovecot 2.3.19.1's real output.
 
 The expected strings below were recorded from a private throw-away Dovecot instance (imap
-binary in PREAUTH mode on a one-message Maildir) with ``FETCH 1 (ENVELOPE BODYSTRUCTURE
-BODY)``; the tests do not need Dovecot. Where Letterbird deliberately differs, the difference is
-listed in ``DEVIATIONS`` with the reason and applied to Dovecot's string before comparing, so
-every other byte must match exactly.
+binary in PREAUTH mode on a one-message Maildir: ``tests/mime/dovecot_fetch.py``) with
+``FETCH 1 (ENVELOPE BODYSTRUCTURE BODY)``; the tests do not need Dovecot. Where Letterbird
+deliberately differs, the difference is listed in ``DEVIATIONS`` with the reason and applied
+to Dovecot's string before comparing, so every other byte must match exactly.
 """
 
 from __future__ import annotations
