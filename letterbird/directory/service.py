@@ -33,6 +33,7 @@ from letterbird.storage.interface import Account, Alias, Domain, NotFound, Stora
 __all__ = ["AuthOutcome", "AuthResult", "Directory", "Resolution", "is_loopback"]
 
 MAX_ALIAS_DEPTH = 10
+DOMAIN_CACHE_TTL = 2.0
 
 
 def is_loopback(host: str | None) -> bool:
@@ -120,15 +121,19 @@ class Directory:
         self._secret = secrets.token_bytes(32)
         self._cache: dict[bytes, float] = {}
         self._dummy_hash: str | None = None
+        self._domains: dict[str, tuple[bool, float]] = {}
         a = config.auth
         self._failures = _FailureLog(a.failure_window, a.max_failures)
 
     # -- administration ---------------------------------------------------------------------
     async def add_domain(self, name: str) -> Domain:
-        return await self.storage.add_domain(normalise_domain(name))
+        domain = await self.storage.add_domain(normalise_domain(name))
+        self._domains.pop(domain.name, None)
+        return domain
 
     async def remove_domain(self, name: str) -> None:
         await self.storage.remove_domain(normalise_domain(name))
+        self._domains.pop(normalise_domain(name), None)
 
     async def add_user(self, address: str, password: str) -> Account:
         addr = parse_address(address)
@@ -177,9 +182,25 @@ class Directory:
     # -- resolution ----------------------------------------------------------------------
     async def is_local_domain(self, domain: str) -> bool:
         try:
-            return await self.storage.get_domain(normalise_domain(domain)) is not None
+            return await self._domain_exists(normalise_domain(domain))
         except InvalidAddress:
             return False
+
+    async def _domain_exists(self, domain: str) -> bool:
+        """Whether ``domain`` (A-label) is ours; cached for DOMAIN_CACHE_TTL seconds.
+
+        Every RCPT asks this several times; the admin CLI may add or remove domains from
+        another process, so the answer is only cached briefly.
+        """
+        now = self._clock()
+        hit = self._domains.get(domain)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        exists = await self.storage.get_domain(domain) is not None
+        if len(self._domains) > 10_000:
+            self._domains.clear()
+        self._domains[domain] = (exists, now + DOMAIN_CACHE_TTL)
+        return exists
 
     async def postmaster_account(self) -> Account | None:
         if self.config.postmaster:
@@ -201,7 +222,7 @@ class Directory:
             addr = parse_address(address)
         except InvalidAddress:
             return None
-        if await self.storage.get_domain(addr.domain) is None:
+        if not await self._domain_exists(addr.domain):
             return None
         result = Resolution()
         seen: set[tuple[str, str]] = set()
@@ -224,7 +245,7 @@ class Directory:
         seen.add(addr.key)
         if depth > MAX_ALIAS_DEPTH:
             return False
-        if await self.storage.get_domain(addr.domain) is None:
+        if not await self._domain_exists(addr.domain):
             result.forward.append(str(addr))
             return True
         candidates = [addr]
