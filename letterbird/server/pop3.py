@@ -1,0 +1,500 @@
+"""The asyncio edge of POP3 (``[listen] pop3`` with STLS, ``[listen] pop3s`` implicit TLS).
+
+RFC 1939 (POP3) over the account's INBOX, with RFC 2449 (CAPA, response codes), RFC 2595
+(STLS), RFC 3206 (``[SYS/TEMP]``, ``[AUTH]``) and RFC 5034 (SASL AUTH) as the sans-IO core in
+:mod:`letterbird.proto.pop3` implements them. The glue loop is the httpcore/h11 one used by
+:mod:`letterbird.server.smtp`: feed the socket's bytes to the core, answer each event, flush
+the core's replies whenever it needs more input (so pipelined commands get batched replies).
+
+Policy decided here, not in the core:
+
+- **Plaintext login** (USER/PASS, SASL PLAIN/LOGIN) only under TLS (``pop3s``, or after STLS)
+  or from a loopback client address (:func:`core_config`).
+- **Maildrop** = the INBOX as it was at login: ``fetch_messages`` gives the stored CRLF sizes
+  LIST/STAT report, and the unique-id is ``f"{uidvalidity}.{uid}"``, stable across sessions for
+  as long as the mailbox keeps its UIDVALIDITY. Messages delivered during the session are not
+  shown (RFC 1939 §8: the maildrop is fixed for the session).
+- **One session per maildrop**: an in-process lock per account (:class:`MaildropLocks`, kept in
+  ``app.services``); a second login gets ``-ERR [IN-USE]`` (RFC 2449 §8.1.1).
+- **Failed and throttled logins** both get ``-ERR [AUTH]``: RFC 2449 §8.1.2 ``[LOGIN-DELAY]``
+  is about *successful* logins repeated too soon, and answering the directory's lockout
+  differently would tell a password guesser that the lockout is on. A wrong PLAIN authzid
+  (a different identity) is refused the same way.
+- **RETR/TOP** read the blob. Expunges by other sessions (IMAP) arrive on the change bus: a
+  message expunged since the snapshot is answered ``message_vanished()``; a blob that is gone
+  (``NotFound``) likewise. Any other storage error mid-RETR is answered ``-ERR [SYS/TEMP]`` and
+  the connection is closed without applying deletions (the core has no third RETR answer).
+- **\\Seen**: with ``pop3_marks_seen``, RETR (not TOP) marks the message seen. The marks are
+  collected and written in one transaction when the session ends (however it ends: the bytes
+  were sent), so a 200-message download costs one flag write, not 200 commits.
+- **QUIT** removes the DELE'd messages with ``delete_messages`` in one transaction (IMAP
+  sessions see them expunged through the change bus), then releases the lock before the final
+  ``+OK`` is written. A dropped connection, an autologout (idle timeout) or a server shutdown
+  removes nothing and releases the lock.
+- **Limits**: ``pop3_line_length`` / ``pop3_errors`` go to the core (a line length below the
+  RFC 2449 §4 floor of 255 is raised to it), ``pop3_idle_timeout`` is the autologout timer
+  (RFC 1939 §3: at least 10 minutes by default), ``pop3_connections_per_ip`` (counted over
+  ``pop3`` and ``pop3s`` together) is answered ``-ERR [SYS/TEMP]`` and closed.
+
+One structured log line per session event (``pop3.connect``, ``pop3.login``,
+``pop3.auth_failed``, ``pop3.quit``, ...); never a password, never message bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+from letterbird.config import Config
+from letterbird.directory.service import AuthOutcome, is_loopback
+from letterbird.logs import event
+from letterbird.proto.pop3 import (
+    NEED_DATA,
+    CloseConnection,
+    LoginFailure,
+    LoginRequested,
+    Reply,
+    RespCode,
+    RetrieveRequested,
+    ServerConfig,
+    ServerConnection,
+    StlsRequested,
+    UpdateRequested,
+)
+from letterbird.proto.pop3.server import MIN_COMMAND_LINE
+from letterbird.server.app import App, ConnectionInfo, ProtocolSpec, register
+from letterbird.server.stream import Stream
+from letterbird.storage.events import ChangeKind, Subscription
+from letterbird.storage.interface import (
+    Account,
+    FlagMode,
+    MessageRecord,
+    NotFound,
+    Storage,
+    StorageError,
+)
+
+log = logging.getLogger("letterbird.pop3")
+
+__all__ = [
+    "CONNECTION_GROUP",
+    "ERR_CONNECTION_LIMIT",
+    "ERR_SHUTDOWN",
+    "ERR_STORAGE",
+    "LOCKS_SERVICE",
+    "MaildropLocks",
+    "Pop3Session",
+    "core_config",
+    "handle_pop3",
+    "locks_of",
+    "unique_id",
+]
+
+#: ``app.services`` key of the per-account maildrop locks shared by every POP3 session.
+LOCKS_SERVICE = "pop3.locks"
+#: ``App.enter``/``App.leave`` group: ``pop3`` and ``pop3s`` share the per-IP count.
+CONNECTION_GROUP = "pop3"
+SEEN = "\\Seen"
+
+# Replies the edge sends itself, outside a core dialogue (the core has no event for them).
+ERR_CONNECTION_LIMIT = Reply(
+    False, "too many connections from your address, try later", RespCode.SYS_TEMP
+)
+ERR_SHUTDOWN = Reply(False, "server shutting down, try later", RespCode.SYS_TEMP)
+ERR_STORAGE = Reply(False, "temporary storage problem, try later", RespCode.SYS_TEMP)
+
+_GREETING = "Letterbird POP3 server ready"
+_MAX_AUTH_LINE = 8192
+_MAX_BUFFER = 256 * 1024
+
+
+def unique_id(uidvalidity: int, uid: int) -> str:
+    """The RFC 1939 unique-id of a message: stable while the mailbox keeps its UIDVALIDITY."""
+    return f"{uidvalidity}.{uid}"
+
+
+def core_config(config: Config, info: ConnectionInfo) -> ServerConfig:
+    """The core's settings for one connection: the plaintext-login policy and the limits.
+
+    Plaintext credentials are allowed before TLS only from a loopback client address
+    (DESIGN.md §10); on ``pop3s`` TLS is active from the start, and after STLS the core
+    allows them itself.
+    """
+    lim = config.limits
+    line = max(lim.pop3_line_length, MIN_COMMAND_LINE)
+    auth_line = max(_MAX_AUTH_LINE, line)
+    return ServerConfig(
+        implementation="Letterbird",
+        greeting=_GREETING,
+        tls_available=True,
+        tls_active=info.implicit_tls,
+        plaintext_allowed=is_loopback(info.peer_host),
+        max_line_length=line,
+        max_auth_line_length=auth_line,
+        max_buffer_size=max(_MAX_BUFFER, auth_line),
+        max_errors=max(lim.pop3_errors, 1),
+    )
+
+
+class MaildropLocks:
+    """Which accounts have a POP3 session in TRANSACTION state in this process."""
+
+    def __init__(self) -> None:
+        self._held: set[int] = set()
+
+    def acquire(self, account_id: int) -> bool:
+        """Take the lock; False when another session holds it."""
+        if account_id in self._held:
+            return False
+        self._held.add(account_id)
+        return True
+
+    def release(self, account_id: int) -> None:
+        self._held.discard(account_id)
+
+    def held(self, account_id: int) -> bool:
+        return account_id in self._held
+
+
+def locks_of(app: App) -> MaildropLocks:
+    """The app's maildrop locks (created on first use)."""
+    locks = app.services.get(LOCKS_SERVICE)
+    if not isinstance(locks, MaildropLocks):
+        locks = MaildropLocks()
+        app.services[LOCKS_SERVICE] = locks
+    return locks
+
+
+async def _delete(storage: Storage, mailbox_id: int, uids: Sequence[int]) -> None:
+    """Remove messages whatever their flags, in one transaction where the backend can."""
+    delete = getattr(storage, "delete_messages", None)
+    if delete is not None:
+        await cast(Callable[[int, Sequence[int]], Awaitable[object]], delete)(mailbox_id, uids)
+        return
+    # A backend without delete_messages: flag then expunge exactly those (two transactions).
+    await storage.store_flags(mailbox_id, uids, FlagMode.ADD, ("\\Deleted",))
+    await storage.expunge(mailbox_id, uids)
+
+
+class Pop3Session:
+    """One POP3 connection (either listener)."""
+
+    def __init__(self, app: App, stream: Stream, info: ConnectionInfo) -> None:
+        self.app = app
+        self.stream = stream
+        self.info = info
+        self.core = ServerConnection(core_config(app.config, info))
+        self.locks = locks_of(app)
+        self.account: Account | None = None  # the logged-in account
+        self.locked = False  # whether this session holds the account's maildrop lock
+        self.mailbox_id: int | None = None
+        self.records: dict[str, MessageRecord] = {}  # unique-id -> message of the snapshot
+        self.vanished: set[int] = set()  # UIDs expunged by others since the snapshot
+        self.subscription: Subscription | None = None
+        self.seen_pending: set[int] = set()  # RETR'd UIDs to mark \Seen at the end
+        self.stop_requested = False
+        self.reading: asyncio.Task[Any] | None = None  # this session's task, while idle
+        self.stop_cancelled = False
+        self.retrieved = 0
+        self.octets = 0
+        self.end = "dropped"
+
+    # -- the loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        info = self.info
+        event(
+            log,
+            "pop3.connect",
+            client=info.peer_host,
+            port=info.local_port,
+            tls=info.implicit_tls or None,
+        )
+        self.app.stop_callbacks.add(self._on_stop)
+        try:
+            await self._loop()
+        finally:
+            self.app.stop_callbacks.discard(self._on_stop)
+            self._release()
+            try:
+                await self._flush_seen()
+            finally:
+                await self.stream.close()
+                event(
+                    log,
+                    "pop3.disconnect",
+                    client=info.peer_host,
+                    user=self.account.address if self.account else None,
+                    end=self.end,
+                    retrieved=self.retrieved,
+                    octets=self.octets,
+                )
+
+    async def _loop(self) -> None:
+        core = self.core
+        timeout = self.app.config.limits.pop3_idle_timeout
+        while True:
+            ev = core.next_event()
+            if ev is NEED_DATA:
+                await self.stream.write(core.data_to_send())
+                data = b"" if self.stop_requested else await self._read(timeout)
+                if data is None:  # the autologout timer expired
+                    event(log, "pop3.timeout", client=self.info.peer_host)
+                    core.timeout()
+                    continue
+                if self.stop_requested:
+                    await self.stream.write(ERR_SHUTDOWN.to_bytes())
+                    self.end = "shutdown"
+                    return
+                if not data:
+                    return  # dropped: nothing is applied
+                core.receive_data(data)
+            elif isinstance(ev, CloseConnection):
+                await self.stream.write(core.data_to_send())
+                if self.end == "dropped":
+                    self.end = ev.reason
+                return
+            elif isinstance(ev, LoginRequested):
+                await self._login(ev)
+            elif isinstance(ev, RetrieveRequested):
+                if not await self._retrieve(ev):
+                    return
+            elif isinstance(ev, UpdateRequested):
+                await self._update(ev)
+            elif isinstance(ev, StlsRequested):
+                await self._stls()
+
+    async def _read(self, timeout: float) -> bytes | None:
+        """The next bytes from the client (``b""`` at its end); ``None`` on idle timeout.
+
+        While it waits, a server shutdown (:meth:`_on_stop`) interrupts it: it then returns
+        ``b""`` with ``stop_requested`` set, so the loop says goodbye and ends.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self.reading = task
+        try:
+            data = await self.stream.read(timeout)
+        except TimeoutError:
+            return None
+        except asyncio.CancelledError:
+            # our own cancellation (and no other one pending): turn it into an end of input
+            if self.stop_cancelled and task.uncancel() == 0:
+                return b""
+            raise
+        finally:
+            self.reading = None
+        if self.stop_cancelled and task.cancelling():
+            task.uncancel()  # wait_for (3.11) returned data and swallowed our cancellation
+        return data
+
+    def _on_stop(self) -> None:
+        """Server shutdown: an idle session is woken now, says ``-ERR [SYS/TEMP]`` and closes
+        (no deletions applied); a busy one finishes its command and closes after it."""
+        self.stop_requested = True
+        if self.reading is not None and not self.stop_cancelled:
+            self.stop_cancelled = True
+            self.reading.cancel()
+
+    # -- events --------------------------------------------------------------------------
+    async def _login(self, ev: LoginRequested) -> None:
+        core = self.core
+        client = self.info.peer_host
+        if ev.authzid and ev.authzid.casefold() != ev.username.casefold():
+            event(log, "pop3.auth_failed", client=client, user=ev.username, reason="authzid")
+            core.login_failed(LoginFailure.AUTH)
+            return
+        try:
+            result = await self.app.directory.authenticate(ev.username, ev.password, client)
+        except StorageError as exc:
+            event(log, "pop3.storage_error", level=logging.ERROR, client=client, error=exc)
+            core.login_failed(LoginFailure.SYS_TEMP)
+            return
+        account = result.account
+        if not result.ok or account is None:
+            reason = "throttled" if result.outcome is AuthOutcome.THROTTLED else "failed"
+            event(log, "pop3.auth_failed", client=client, user=ev.username, reason=reason)
+            core.login_failed(LoginFailure.AUTH)
+            return
+        if not self.locks.acquire(account.id):
+            event(log, "pop3.in_use", client=client, user=account.address)
+            core.login_failed(LoginFailure.IN_USE)
+            return
+        self.account = account
+        self.locked = True
+        try:
+            maildrop = await self._snapshot(account)
+        except StorageError as exc:
+            event(log, "pop3.storage_error", level=logging.ERROR, client=client, error=exc)
+            self._release()
+            self.account = None
+            self.mailbox_id = None
+            self.records.clear()
+            core.login_failed(LoginFailure.SYS_TEMP)
+            return
+        core.login_succeeded(maildrop)
+        event(
+            log,
+            "pop3.login",
+            client=client,
+            user=account.address,
+            mechanism=ev.mechanism,
+            tls=core.tls_active,
+            messages=len(maildrop),
+            octets=sum(size for size, _ in maildrop),
+        )
+
+    async def _snapshot(self, account: Account) -> list[tuple[int, str]]:
+        """Subscribe to changes, then read the INBOX: nothing expunged after the read is
+        missed. A missing INBOX (never created) is an empty maildrop."""
+        storage = self.app.storage
+        self.subscription = storage.bus.subscribe(account.id)
+        mailbox = await storage.get_mailbox(account.id, "INBOX")
+        if mailbox is None:
+            return []
+        self.mailbox_id = mailbox.id
+        records = await storage.fetch_messages(mailbox.id)
+        maildrop: list[tuple[int, str]] = []
+        for rec in records:
+            uid = unique_id(mailbox.uidvalidity, rec.uid)
+            self.records[uid] = rec
+            maildrop.append((rec.size, uid))
+        return maildrop
+
+    def _note_expunges(self) -> bool:
+        """Apply pending change events; False when the subscription overflowed."""
+        sub = self.subscription
+        if sub is None:
+            return True
+        for change in sub.drain():
+            if change.kind is ChangeKind.EXPUNGE and change.mailbox_id == self.mailbox_id:
+                self.vanished.update(change.uids)
+        return not sub.overflowed
+
+    async def _gone(self, rec: MessageRecord) -> bool:
+        """Whether ``rec`` was expunged since the snapshot."""
+        if not self._note_expunges():  # events were lost: ask the database
+            assert self.mailbox_id is not None
+            if not await self.app.storage.fetch_messages(self.mailbox_id, [rec.uid]):
+                self.vanished.add(rec.uid)
+        return rec.uid in self.vanished
+
+    async def _retrieve(self, ev: RetrieveRequested) -> bool:
+        """Answer RETR/TOP; False when a storage error ends the session."""
+        rec = self.records[ev.uid]
+        try:
+            if await self._gone(rec):
+                data = None
+            else:
+                data = await self.app.storage.read_blob(rec.blob_id)
+        except NotFound:
+            data = None
+        except StorageError as exc:
+            event(
+                log,
+                "pop3.storage_error",
+                level=logging.ERROR,
+                client=self.info.peer_host,
+                error=exc,
+            )
+            # replies to commands pipelined before this one first, then the edge's own
+            await self.stream.write(self.core.data_to_send() + ERR_STORAGE.to_bytes())
+            self.end = "storage error"
+            return False
+        if data is None:
+            event(log, "pop3.vanished", client=self.info.peer_host, uid=ev.uid)
+            self.core.message_vanished()
+            return True
+        self.core.send_message(data)
+        if ev.top_lines is None:
+            self.retrieved += 1
+            self.octets += len(data)
+            if self.app.config.pop3_marks_seen and SEEN not in rec.flags:
+                self.seen_pending.add(rec.uid)
+        return True
+
+    async def _update(self, ev: UpdateRequested) -> None:
+        """QUIT: mark retrieved messages seen, remove the deleted ones, release the lock."""
+        uids = [self.records[u].uid for u in ev.deleted_uids]
+        self.seen_pending.difference_update(uids)
+        ok = True
+        await self._flush_seen()
+        if uids:
+            assert self.mailbox_id is not None
+            try:
+                await _delete(self.app.storage, self.mailbox_id, uids)
+            except StorageError as exc:
+                event(
+                    log,
+                    "pop3.storage_error",
+                    level=logging.ERROR,
+                    client=self.info.peer_host,
+                    error=exc,
+                )
+                ok = False
+        event(log, "pop3.quit", client=self.info.peer_host, deleted=len(uids), ok=ok)
+        self.end = "quit"
+        self._release()
+        self.core.update_done(ok)
+
+    async def _stls(self) -> None:
+        self.core.reply_stls_ok()
+        await self.stream.write(self.core.data_to_send())
+        try:
+            await self.stream.start_tls(self.app.tls.context)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            event(log, "pop3.tls_failed", client=self.info.peer_host, error=exc)
+            raise ConnectionError("TLS handshake failed") from exc
+        self.core.tls_established()
+        event(log, "pop3.tls", client=self.info.peer_host, tls=self.stream.tls_description())
+
+    # -- helpers -------------------------------------------------------------------------
+    def _release(self) -> None:
+        """Give the maildrop back (idempotent); stop following its changes."""
+        if self.subscription is not None:
+            self.subscription.close()
+            self.subscription = None
+        if self.locked and self.account is not None:
+            self.locks.release(self.account.id)
+        self.locked = False
+
+    async def _flush_seen(self) -> None:
+        """Write the pending ``\\Seen`` marks in one transaction (errors are logged only)."""
+        if not self.seen_pending or self.mailbox_id is None:
+            return
+        uids = sorted(self.seen_pending - self.vanished)
+        self.seen_pending.clear()
+        if not uids:
+            return
+        try:
+            await self.app.storage.store_flags(self.mailbox_id, uids, FlagMode.ADD, (SEEN,))
+        except StorageError as exc:
+            event(
+                log,
+                "pop3.storage_error",
+                level=logging.ERROR,
+                client=self.info.peer_host,
+                error=exc,
+            )
+
+
+async def handle_pop3(
+    app: App, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: ConnectionInfo
+) -> None:
+    """The listener handler for ``pop3`` and ``pop3s``."""
+    stream = Stream(reader, writer, implicit_tls=info.implicit_tls)
+    per_ip = app.enter(CONNECTION_GROUP, info.peer_host)
+    try:
+        if per_ip > app.config.limits.pop3_connections_per_ip:
+            event(log, "pop3.connection_limit", client=info.peer_host, per_ip=per_ip)
+            await stream.write(ERR_CONNECTION_LIMIT.to_bytes())
+            await stream.close()
+            return
+        await Pop3Session(app, stream, info).run()
+    finally:
+        app.leave(CONNECTION_GROUP, info.peer_host)
+
+
+register(ProtocolSpec("pop3", implicit_tls=False, handler=handle_pop3, label="POP3 (STLS)"))
+register(ProtocolSpec("pop3s", implicit_tls=True, handler=handle_pop3, label="POP3 over TLS"))
