@@ -345,13 +345,15 @@ class SqliteStorage:
             events = []
         self.batches += 1
         self.batched_jobs += len(batch)
+        # Events first: a caller that continues after its write already finds the change
+        # published to every subscriber (both are scheduled on the loop in this order).
+        if events:
+            self._bus.publish_threadsafe(events)
         for job, (result, exc2) in zip(batch, outcomes, strict=True):
             try:
                 job.loop.call_soon_threadsafe(_resolve, job.future, result, exc2)
             except RuntimeError:  # loop closed
                 pass
-        if events:
-            self._bus.publish_threadsafe(events)
 
     async def _write(self, fn: WriteFn[T]) -> T:
         if self._closed or self._writer is None:
