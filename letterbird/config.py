@@ -9,6 +9,7 @@ is no file (DESIGN.md §8).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -23,10 +24,13 @@ __all__ = [
     "AuthSettings",
     "Config",
     "ConfigError",
+    "DeliverySettings",
     "DnsSettings",
     "Limits",
     "ListenSettings",
+    "ProxySettings",
     "StorageSettings",
+    "SubmissionSettings",
     "TlsSettings",
     "load_config",
     "parse_duration",
@@ -76,9 +80,32 @@ def _duration(default: float) -> Any:
     return field(default=default, metadata={"duration": True})
 
 
+# A duration that may be switched off with "" (stored as 0.0).
+def _optional_duration(default: float) -> Any:
+    return field(default=default, metadata={"duration": True, "off": True})
+
+
 @dataclass(frozen=True)
 class StorageSettings:
-    url: str = ""  # empty = sqlite:///<data_dir>/mail.db
+    # sqlite:///PATH, or postgresql://user[:password]@host[:port]/db[?schema=NAME] for
+    # several nodes sharing one database. Empty = sqlite:///<data_dir>/mail.db.
+    url: str = ""
+    # Upgrade the schema when `serve` starts (else only `letterbird migrate` does, and serve
+    # refuses an out-of-date schema). PostgreSQL only: SQLite always migrates on open.
+    auto_migrate: bool = True
+    # PostgreSQL connections per node (reads share them; one more per writer).
+    pool_size: int = 10
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """``[proxy]``: PROXY protocol v1/v2 (HAProxy) in front of the listeners (DESIGN.md §10)."""
+
+    # Peers (addresses or networks like "10.0.0.0/8") whose connections must start with a
+    # PROXY header; the client address it gives replaces theirs. Others never send one.
+    trusted: list[str] = field(default_factory=list)
+    # How long a trusted peer has to send the header.
+    timeout: float = _duration(5.0)
 
 
 @dataclass(frozen=True)
@@ -158,6 +185,71 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class SubmissionSettings:
+    """``[submission]``: mail sent by authenticated users (ports 587/465, RFC 6409/8314)."""
+
+    # Sending limits per account over a sliding hour, counted in memory on each node (a
+    # cluster of N nodes allows up to N times as much). Past them MAIL (messages) or RCPT
+    # (recipients) is answered 450 4.7.1. 0 = unlimited.
+    max_messages_per_hour: int = 500
+    max_recipients_per_hour: int = 2000
+    # HMAC key for SRS forwarding addresses (SRS0=hash=tt=domain=local@ours). Empty: a random
+    # key is generated once and kept in <data_dir>/srs.secret (the same on every node that
+    # shares data_dir; set it explicitly for a cluster).
+    srs_secret: str = ""
+    # Days an SRS address stays valid for bounces (libsrs2/postsrsd default: 21).
+    srs_max_age_days: int = 21
+    # Largest header section of a submitted message (the part rewritten before storing);
+    # bigger messages are refused with 552 5.3.4.
+    max_header_size: int = 262144
+
+
+TLS_POLICIES = ("none", "opportunistic", "require")
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """``[delivery]``: the outgoing queue and the SMTP client (DESIGN.md §6)."""
+
+    # Retry intervals after each failed attempt; the last one repeats.
+    retry: list[float] = field(
+        default_factory=lambda: [60.0, 300.0, 900.0, 1800.0], metadata={"duration": True}
+    )
+    # A message still undelivered this long after it was queued bounces (4.4.7).
+    lifetime: float = _duration(5 * 86400.0)
+    # A "delayed" DSN is sent once after this long (NOTIFY=DELAY or default); "" = never.
+    warn_after: float = _optional_duration(4 * 3600.0)
+    # Port used for hosts found by MX / A lookup (routes may name their own).
+    smtp_port: int = 25
+    # STARTTLS: none | opportunistic | require (require: encrypted, certificate not verified).
+    tls: str = "opportunistic"
+    # Static next hop per recipient domain ("host:port"); "*" matches every other domain.
+    routes: dict[str, str] = field(default_factory=dict)
+    # Simultaneous outgoing connections, overall and per destination host (IP and port).
+    concurrency: int = 20
+    per_host_concurrency: int = 5
+    # Messages sent over one connection before it is closed, and how long an idle connection
+    # waits for more mail to the same next hop before QUIT (0 = close at once).
+    messages_per_connection: int = 50
+    connection_linger: float = _duration(1.0)
+    # Connection-level failures in a row after which a host is skipped for a retry interval.
+    host_failures: int = 3
+    # Name sent in EHLO ("" = hostname); local address to connect from ("" = any).
+    helo_name: str = ""
+    source_address: str = ""
+    # Queue entries are leased while being delivered (renewed meanwhile); the lease should be
+    # longer than the SMTP timeouts so that a slow live node is never raced by another.
+    lease: float = _duration(900.0)
+    connect_timeout: float = _duration(30.0)
+    command_timeout: float = _duration(300.0)  # RFC 5321 §4.5.3.2: 5 minutes
+    data_timeout: float = _duration(600.0)  # RFC 5321 §4.5.3.2.6: 10 minutes after the dot
+    # How often the queue is polled for changes made by other processes (CLI, other nodes).
+    poll_interval: float = _duration(5.0)
+    # RET=FULL returns at most this much of the original message (headers only beyond it).
+    dsn_max_full: int = 10485760
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = field(default_factory=socket.getfqdn)
     data_dir: str = "./letterbird-data"
@@ -170,6 +262,9 @@ class Config:
     dns: DnsSettings = field(default_factory=DnsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: Limits = field(default_factory=Limits)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     # Set by the loader: the folder relative paths are resolved against.
     base_dir: str = field(default=".", metadata={"internal": True})
 
@@ -202,12 +297,23 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(key: str, tp: Any, value: Any, f: dataclasses.Field[Any]) -> Any:
+    origin = typing.get_origin(tp)
     if f.metadata.get("duration"):
+        if origin is list:
+            if not isinstance(value, list):
+                raise ConfigError(f"{key}: expected a list of durations")
+            return [_convert(f"{key}[{i}]", float, v, f) for i, v in enumerate(value)]
+        if value == "" and f.metadata.get("off"):
+            return 0.0
         try:
             return parse_duration(value)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{key}: {exc}") from None
-    origin = typing.get_origin(tp)
+    if origin is dict:
+        _, item_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table")
+        return {str(k): _convert(f"{key}.{k}", item_tp, v, f) for k, v in value.items()}
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -268,13 +374,65 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("tls.cert: tls.cert and tls.key must be given together")
     url = cfg.storage.url
     if url and not url.startswith("sqlite:///"):
-        raise ConfigError(f"storage.url: unsupported storage URL {url!r} (use sqlite:///PATH)")
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                f"storage.url: unsupported storage URL {url!r} "
+                "(use sqlite:///PATH or postgresql://user@host:port/db)"
+            )
+        from letterbird.storage.pg_schema import parse_pg_url
+
+        try:
+            parse_pg_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"storage.url: {exc}") from None
+    if cfg.storage.pool_size < 2:
+        raise ConfigError("storage.pool_size: must be at least 2")
+    for i, net in enumerate(cfg.proxy.trusted):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"proxy.trusted[{i}]: expected an address or network, got {net!r}"
+            ) from None
     if cfg.postmaster and "@" not in cfg.postmaster:
         raise ConfigError("postmaster: expected an address like admin@example.test")
     if len(cfg.recipient_delimiter) > 1:
         raise ConfigError("recipient_delimiter: must be one character or empty")
     if not cfg.hostname:
         raise ConfigError("hostname: must not be empty")
+    _validate_delivery(cfg.delivery)
+
+
+def _validate_delivery(d: DeliverySettings) -> None:
+    from letterbird.delivery.mx import parse_route  # here: letterbird.delivery imports config
+
+    if not d.retry or any(v <= 0 for v in d.retry):
+        raise ConfigError("delivery.retry: expected a list of positive durations")
+    if d.lifetime <= 0:
+        raise ConfigError("delivery.lifetime: must be positive")
+    if d.tls not in TLS_POLICIES:
+        raise ConfigError(f"delivery.tls: expected one of {', '.join(TLS_POLICIES)}")
+    if not 0 < d.smtp_port <= 65535:
+        raise ConfigError("delivery.smtp_port: expected a port number")
+    for name in ("concurrency", "per_host_concurrency", "messages_per_connection"):
+        if getattr(d, name) < 1:
+            raise ConfigError(f"delivery.{name}: must be at least 1")
+    for name in ("lease", "connect_timeout", "command_timeout", "data_timeout", "poll_interval"):
+        if getattr(d, name) <= 0:
+            raise ConfigError(f"delivery.{name}: must be positive")
+    for domain, target in d.routes.items():
+        try:
+            parse_route(target, d.smtp_port)
+        except ValueError as exc:
+            raise ConfigError(f"delivery.routes.{domain}: {exc}") from None
+    helo = d.helo_name
+    if helo and (not helo.isascii() or not helo.isprintable() or " " in helo):
+        raise ConfigError("delivery.helo_name: expected one ASCII word")
+    if d.source_address:
+        try:
+            ipaddress.ip_address(d.source_address)
+        except ValueError:
+            raise ConfigError("delivery.source_address: expected an IP address") from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

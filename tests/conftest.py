@@ -7,11 +7,13 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pgutil
 import pytest
 
-from letterbird.config import AuthSettings, Config, ListenSettings
+from letterbird.config import AuthSettings, Config, ListenSettings, StorageSettings
 from letterbird.directory.service import Directory
 from letterbird.storage.interface import BlobSource
+from letterbird.storage.postgres import PgStorage
 from letterbird.storage.sqlite import SqliteStorage
 
 CHEAP_AUTH = AuthSettings(
@@ -29,6 +31,8 @@ def make_config(tmp_path: Path, **overrides: object) -> Config:
         listen=listen,
         base_dir=str(tmp_path),
     )
+    if pgutil.on_postgres() and "storage" not in overrides:  # LETTERBIRD_TEST_STORAGE=postgresql
+        overrides["storage"] = StorageSettings(url=pgutil.url_for_folder(tmp_path))
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
 
@@ -39,10 +43,10 @@ def config(tmp_path: Path) -> Config:
 
 @pytest.fixture
 async def storage(tmp_path: Path) -> AsyncIterator[SqliteStorage]:
-    s = SqliteStorage(tmp_path / "mail.db")
+    s = PgStorage(pgutil.new_url()) if pgutil.on_postgres() else SqliteStorage(tmp_path / "mail.db")
     await s.open()
     try:
-        yield s
+        yield s  # type: ignore[misc]
     finally:
         await s.close()
 

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -18,7 +22,7 @@ from letterbird.config import Config, ConfigError, load_config
 from letterbird.directory.addresses import InvalidAddress, display_domain
 from letterbird.directory.service import Directory
 from letterbird.storage import open_storage_for
-from letterbird.storage.interface import Storage, StorageError
+from letterbird.storage.interface import QueueEntry, Storage, StorageError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -125,13 +129,25 @@ def check_config(ctx: click.Context) -> None:
 @click.pass_context
 @_errors
 def migrate(ctx: click.Context) -> None:
-    """Create or upgrade the database schema."""
+    """Create or upgrade the database schema (SQLite or PostgreSQL)."""
+    cfg = _config(ctx)
 
-    async def fn(d: Directory, s: Storage) -> None:
-        return None
+    async def run() -> tuple[int, int] | None:
+        storage = open_storage_for(cfg, migrate=True)
+        await storage.open()
+        try:
+            versions = getattr(storage, "migrated", None)
+            return versions if isinstance(versions, tuple) else None
+        finally:
+            await storage.close()
 
-    _with_directory(ctx, fn)
-    click.echo("schema up to date")
+    versions = asyncio.run(run())
+    if versions is not None and versions[0] != versions[1]:
+        click.echo(f"schema migrated from version {versions[0]} to {versions[1]}")
+    elif versions is not None:
+        click.echo(f"schema up to date (version {versions[1]})")
+    else:
+        click.echo("schema up to date")
 
 
 # -- domains ------------------------------------------------------------------------------
@@ -278,6 +294,220 @@ def mailbox_list(ctx: click.Context, address: str) -> None:
     width = max((len(n) for n, _, _ in rows), default=5)
     for name, count, unseen in rows:
         click.echo(f"{name:<{width}}  {count}" + (f"  ({unseen} unread)" if unseen else ""))
+
+
+# -- the outgoing queue -------------------------------------------------------------------
+@cli.group()
+def queue() -> None:
+    """Inspect and manage the outgoing queue (mail waiting for other servers)."""
+
+
+def _when(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _signal_server(cfg: Config) -> int | None:
+    """SIGUSR1 to the running server (``<data_dir>/letterbird.pid``): wake its queue now.
+
+    Returns the pid signalled, or None when no server runs for this data directory."""
+    from letterbird.server.supervisor import pid_file_path
+
+    try:
+        pid = int(pid_file_path(cfg).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:
+        if Path("/proc/self").exists() and b"letterbird" not in cmdline.read_bytes():
+            return None  # a stale file naming some other process
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ProcessLookupError):
+        return None
+    return pid
+
+
+@queue.command("list")
+@click.pass_context
+@_errors
+def queue_list(ctx: click.Context) -> None:
+    """One line per queued message and destination domain."""
+    entries = _with_directory(ctx, lambda d, s: s.queue_entries())
+    if not entries:
+        click.echo("the queue is empty")
+        return
+    now = time.time()
+    rows = [("ID", "SENDER", "RECIPIENTS", "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR")]
+    for e in entries:
+        if e.lease_until is not None and e.lease_until > now:
+            nxt = "being delivered"
+        else:
+            nxt = "now" if e.due <= now else _when(e.due)
+        rows.append(
+            (
+                e.queue_id,
+                f"<{e.sender}>",
+                ", ".join(r.address for r in e.recipients),
+                str(e.attempts),
+                nxt,
+                e.last_error or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5])
+    messages = len({e.queue_id for e in entries})
+    click.echo(f"{messages} message(s), {len(entries)} destination(s)")
+
+
+@queue.command("show")
+@click.argument("queue_id")
+@click.pass_context
+@_errors
+def queue_show(ctx: click.Context, queue_id: str) -> None:
+    """Everything about one queued message: envelope, destinations, headers."""
+
+    async def fn(d: Directory, s: Storage) -> tuple[list[QueueEntry], bytes]:
+        entries = await s.queue_entries(queue_id)
+        if not entries:
+            raise StorageError(f"no queued message {queue_id}")
+        head = await s.read_blob(entries[0].blob_id, 0, min(entries[0].size, 65536))
+        return entries, head
+
+    entries, head = _with_directory(ctx, fn)
+    first = entries[0]
+    click.echo(f"id          {first.queue_id}")
+    click.echo(f"sender      <{first.sender}>")
+    click.echo(f"size        {first.size} bytes")
+    click.echo(f"queued      {_when(first.created)}")
+    if first.envid:
+        click.echo(f"envid       {first.envid}")
+    if first.ret:
+        click.echo(f"ret         {first.ret}")
+    for e in entries:
+        click.echo(f"destination {e.domain}")
+        click.echo(f"  attempts  {e.attempts}")
+        click.echo(f"  next      {_when(e.due)}")
+        if e.owner and e.lease_until and e.lease_until > time.time():
+            click.echo(f"  leased    by {e.owner} until {_when(e.lease_until)}")
+        if e.warned:
+            click.echo("  warned    a delay notice was sent")
+        click.echo(f"  error     {e.last_error or '-'}")
+        for r in e.recipients:
+            extra = ""
+            if r.notify:
+                extra += f"  NOTIFY={','.join(r.notify)}"
+            if r.orcpt:
+                extra += f"  ORCPT={r.orcpt}"
+            click.echo(f"  rcpt      <{r.address}>{extra}")
+    from letterbird.delivery.queue.worker import return_path_length
+    from letterbird.mime import get_header_fields
+
+    start = return_path_length(head)
+    fields = get_header_fields(head, ["From", "To", "Cc", "Subject", "Date", "Message-ID"], start)
+    text = fields.decode("utf-8", "replace").replace("\r\n\t", " ").replace("\r\n ", " ")
+    for line in text.splitlines():
+        if line.strip():
+            click.echo(f"header      {line}")
+
+
+@queue.command("flush")
+@click.pass_context
+@_errors
+def queue_flush(ctx: click.Context) -> None:
+    """Attempt everything now, and wake the running server."""
+    n = _with_directory(ctx, lambda d, s: s.queue_flush())
+    pid = _signal_server(_config(ctx))
+    click.echo(f"{n} queued destination(s) made due now")
+    if pid is not None:
+        click.echo(f"woke the server (pid {pid})")
+    else:
+        click.echo("no running server found; the next start (or queue poll) delivers them")
+
+
+@queue.command("remove")
+@click.argument("queue_id")
+@click.option("--silent", is_flag=True, help="Do not send the sender a failure notice.")
+@click.pass_context
+@_errors
+def queue_remove(ctx: click.Context, queue_id: str, silent: bool) -> None:
+    """Delete a queued message; its sender gets a failure notice unless --silent."""
+    from letterbird.delivery.queue.service import QueueService
+
+    cfg = _config(ctx)
+
+    async def fn(d: Directory, s: Storage) -> list[QueueEntry]:
+        return await QueueService(cfg, s, d).remove(queue_id, silent=silent)
+
+    removed = _with_directory(ctx, fn)
+    rcpts = sum(len(e.recipients) for e in removed)
+    click.echo(f"removed {queue_id} ({rcpts} recipient(s))" + ("" if silent else ", sender told"))
+    if not silent:
+        _signal_server(cfg)
+
+
+# -- storage --------------------------------------------------------------------------------
+@cli.group()
+def storage() -> None:
+    """Move the mail store between backends (SQLite, PostgreSQL)."""
+
+
+def _storage_url(cfg: Config, url: str | None) -> str:
+    if not url:
+        return cfg.storage_url
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        return "sqlite:///" + str(Path(url[len("sqlite:///") :]).expanduser().resolve())
+    return url
+
+
+@storage.command("copy")
+@click.option("--from", "source", help="Source URL (default: the configured storage).")
+@click.option("--to", "dest", required=True, help="Destination URL (sqlite:/// or postgresql://).")
+@click.option("--batch", default=500, show_default=True, help="Rows per committed batch.")
+@click.option("--no-verify", is_flag=True, help="Skip the final comparison of both sides.")
+@click.pass_context
+@_errors
+def storage_copy(
+    ctx: click.Context, source: str | None, dest: str, batch: int, no_verify: bool
+) -> None:
+    """Copy every domain, account, mailbox, message and queue entry, keeping UIDVALIDITY, UIDs
+    and modseqs, so no client downloads anything again. Stop the servers first; an interrupted
+    copy resumes where it stopped when run again."""
+    from letterbird.storage.copy import copy_storage
+
+    cfg = _config(ctx)
+    src = _storage_url(cfg, source)
+    dst = _storage_url(cfg, dest)
+    bars: dict[str, Any] = {}
+
+    def progress(table: str, done: int, total: int) -> None:
+        bar = bars.get(table)
+        if bar is None:
+            for other in bars.values():
+                other.render_finish()
+            bar = click.progressbar(length=max(total, 1), label=f"{table:<22}", show_pos=True)
+            bar.render_progress()
+            bars[table] = bar
+        bar.update(min(done, total) - bar.pos)
+
+    try:
+        report = asyncio.run(
+            copy_storage(src, dst, batch=batch, verify=not no_verify, progress=progress)
+        )
+    finally:
+        for bar in bars.values():
+            bar.render_finish()
+    copied = sum(report.copied.values())
+    click.echo(
+        f"copied {copied} rows from {report.source} to {report.destination}"
+        + (" (resumed)" if report.resumed else "")
+    )
+    for name, total in report.totals.items():
+        click.echo(f"  {name:<15} {total}")
+    click.echo("verified: counts and digests match" if report.verified else "not verified")
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from letterbird.config import Config
 from letterbird.delivery.dns import Resolver
@@ -19,6 +20,9 @@ from letterbird.directory.service import Directory
 from letterbird.logs import event
 from letterbird.server.tls import TlsManager
 from letterbird.storage.interface import Storage
+
+if TYPE_CHECKING:
+    from letterbird.delivery.queue.service import QueueService
 
 log = logging.getLogger("letterbird.server")
 
@@ -68,6 +72,8 @@ class App:
     per_ip: dict[tuple[str, str], int] = field(default_factory=dict)
     services: dict[str, object] = field(default_factory=dict)
     stop_callbacks: set[Callable[[], None]] = field(default_factory=set)
+    # The outgoing queue (started by the supervisor after the listeners).
+    queue: QueueService | None = None
 
     def connection_count(self, protocol_group: str) -> int:
         return sum(n for (g, _), n in self.per_ip.items() if g == protocol_group)
@@ -100,6 +106,10 @@ class App:
         if task is not None:
             self.connections.add(task)
         try:
+            if self.config.proxy.trusted:  # who the client is behind a trusted proxy (§10)
+                from letterbird.server.proxy import accept_proxy
+
+                info = await accept_proxy(self, spec, reader, writer, info)
             await spec.handler(self, reader, writer, info)
         except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
             pass

@@ -1,8 +1,9 @@
 """``letterbird serve``: open storage, start every configured listener, stop cleanly.
 
 SIGTERM/SIGINT stop accepting, let in-flight sessions finish (up to a grace period) and exit 0;
-SIGHUP reloads the TLS certificate. A taken port or a storage failure exits non-zero with a
-clear message.
+SIGHUP reloads the TLS certificate; SIGUSR1 wakes the outgoing queue (``letterbird queue
+flush`` finds the process through ``<data_dir>/letterbird.pid``). A taken port or a storage
+failure exits non-zero with a clear message.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import secrets
 import signal
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from letterbird.config import Config, parse_hostport
 from letterbird.delivery.dns import Resolver
+from letterbird.delivery.queue.service import QueueService
 from letterbird.directory.service import Directory
 from letterbird.logs import event
 from letterbird.server.app import PROTOCOLS, App, ProtocolSpec
@@ -26,12 +30,22 @@ from letterbird.storage import open_storage_for
 log = logging.getLogger("letterbird.server")
 
 # Modules that register protocol listeners (letterbird.server.app.register) on import.
-PROTOCOL_MODULES: tuple[str, ...] = ("letterbird.server.smtp", "letterbird.server.pop3")
+PROTOCOL_MODULES = tuple(f"letterbird.server.{m}" for m in ("smtp", "pop3", "imap"))
+
+# [listen] keys served by a module that runs its own server in this event loop rather than an
+# asyncio.start_server handler (uvicorn for HTTP). The module's
+# ``async start_listener(app, key, host, port) -> list[(host, port)]`` binds and starts serving;
+# it registers a service in ``app.services`` whose ``aclose()`` stops it.
+SERVICE_LISTENERS: dict[str, str] = {
+    "http": "letterbird.http.server",
+    "https": "letterbird.http.server",
+}
 
 SHUTDOWN_GRACE = 10.0
+PID_FILE = "letterbird.pid"
 DEMO_DOMAIN = "example.test"
 
-__all__ = ["Running", "run_server", "start_server"]
+__all__ = ["Running", "pid_file_path", "run_server", "start_server"]
 
 
 class StartupError(Exception):
@@ -53,7 +67,11 @@ class Running:
         self.app.stopping.set()
         for callback in list(self.app.stop_callbacks):
             callback()
-        await self.app.drain_connections(SHUTDOWN_GRACE)
+        queue = self.app.queue
+        await asyncio.gather(
+            self.app.drain_connections(SHUTDOWN_GRACE),
+            queue.aclose(SHUTDOWN_GRACE) if queue is not None else asyncio.sleep(0),
+        )
         for s in self.servers:
             try:
                 await asyncio.wait_for(s.wait_closed(), 5)
@@ -115,6 +133,9 @@ async def start_server(config: Config, *, demo: bool = True) -> Running:
             spec = PROTOCOLS.get(key)
             for addr in addrs:
                 host, port = parse_hostport(addr)
+                if spec is None and key in SERVICE_LISTENERS:
+                    await _start_service(running, key, host, port, addr)
+                    continue
                 if spec is None:
                     event(
                         log, "listener.skipped", protocol=key, address=addr, reason="not built yet"
@@ -146,10 +167,23 @@ async def start_server(config: Config, *, demo: bool = True) -> Running:
                     name = sock.getsockname()
                     running.bound.setdefault(key, []).append((str(name[0]), int(name[1])))
                     log.info("%s listening on %s:%d", key, name[0], name[1])
+        app.queue = QueueService(config, storage, app.directory, app.resolver)
+        await app.queue.start()
     except BaseException:
         await running.stop()
         raise
     return running
+
+
+async def _start_service(running: Running, key: str, host: str, port: int, addr: str) -> None:
+    module = importlib.import_module(SERVICE_LISTENERS[key])
+    try:
+        bound: list[tuple[str, int]] = await module.start_listener(running.app, key, host, port)
+    except OSError as exc:
+        raise StartupError(f"{key}: cannot listen on {addr}: {exc.strerror or exc}") from None
+    for name in bound:
+        running.bound.setdefault(key, []).append(name)
+        log.info("%s listening on %s:%d", key, name[0], name[1])
 
 
 async def run_server(config: Config, *, demo: bool = True) -> int:
@@ -163,8 +197,39 @@ async def run_server(config: Config, *, demo: bool = True) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, running.app.tls.reload)
+    # `letterbird queue flush` finds us through the pid file and sends SIGUSR1.
+    queue = running.app.queue
+    if queue is not None:
+        loop.add_signal_handler(signal.SIGUSR1, lambda: queue.wake(reset_backoff=True))
+    pid_file = write_pid_file(config)
     event(log, "server.ready", hostname=config.hostname, storage=config.storage_url)
     await stop.wait()
     event(log, "server.stopping")
     await running.stop()
+    remove_pid_file(pid_file)
     return 0
+
+
+def pid_file_path(config: Config) -> Path:
+    return config.data_path / PID_FILE
+
+
+def write_pid_file(config: Config) -> Path | None:
+    path = pid_file_path(config)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as exc:
+        event(log, "server.pid_file_failed", path=path, error=exc)
+        return None
+    return path
+
+
+def remove_pid_file(path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except OSError:
+        pass
