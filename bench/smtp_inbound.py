@@ -1,6 +1,7 @@
 """SMTP reception benchmark: Postfix's smtp-source against Letterbird, Postfix and aiosmtpd.
 
     .venv/bin/python -m bench.smtp_inbound [--messages 5000] [--sessions 20] [--size 4096]
+        [--storage-url postgresql://postgres@127.0.0.1:5432/test]
 
 Each server receives the same load from ``/usr/sbin/smtp-source`` (``-d``: each session keeps
 its connection): Letterbird (SQLite, fsync'd group commit before every 250), a private Postfix
@@ -8,6 +9,10 @@ MX delivering to maildir (queue file fsync'd before 250; delivery to maildir aft
 small aiosmtpd server that fsyncs every message to a maildir before 250. Prints messages per
 second accepted (smtp-source's wall time), Postfix's rate until the last message reached the
 maildir too, the ratios, and Letterbird's peak RSS. Not a test: nothing here asserts timing.
+
+With ``--storage-url`` Letterbird also runs on that PostgreSQL database (in a throw-away schema,
+dropped afterwards) with one node, then with two nodes sharing it, each node getting half of the
+sessions and messages at the same time: the rate is all messages over the wall time.
 """
 
 from __future__ import annotations
@@ -19,7 +24,72 @@ from bench.common import letterbird, print_table
 from bench.peers import aiosmtpd_baseline, peer_workdir, postfix_mx, smtp_source
 
 
-def run(messages: int, sessions: int, size: int) -> None:
+def _letterbird_pg(
+    url: str, nodes: int, messages: int, sessions: int, size: int
+) -> tuple[float, str]:
+    """Letterbird on PostgreSQL with ``nodes`` processes; returns (elapsed, note)."""
+    import asyncio
+    import contextlib
+    import os
+    import threading
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    from letterbird.storage.pg_schema import parse_pg_url
+
+    schema = f"lb_bench_{os.getpid()}_{nodes}"
+    schema_url = url + ("&" if "?" in url else "?") + f"schema={schema}"
+    extra = f'\n[storage]\nurl = "{schema_url}"\n'
+    try:
+        with contextlib.ExitStack() as stack:
+            lbs = [stack.enter_context(letterbird(smtp=True, extra=extra)) for _ in range(nodes)]
+            lbs[0].admin("domain", "add", "example.test")
+            lbs[0].admin("user", "add", "bob@example.test", "--password-stdin", stdin="bench-pw\n")
+            times: list[float] = []
+
+            def load(lb: object, n: int, s: int) -> None:
+                times.append(
+                    smtp_source(
+                        lb.address("smtp"),  # type: ignore[attr-defined]
+                        sessions=s,
+                        messages=n,
+                        size=size,
+                        recipient="bob@example.test",
+                        reuse_connection=True,
+                    )
+                )
+
+            shares = [(messages // nodes, max(sessions // nodes, 1)) for _ in lbs]
+            shares[0] = (messages - sum(m for m, _ in shares[1:]), shares[0][1])
+            start = time.perf_counter()
+            threads = [
+                threading.Thread(target=load, args=(lb, m, s))
+                for lb, (m, s) in zip(lbs, shares, strict=True)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - start
+            if len(times) != nodes:
+                raise RuntimeError("an smtp-source run failed")
+            stored = lbs[-1].admin("mailbox", "list", "bob@example.test").splitlines()[0].split()[1]
+            rss = max(lb.peak_rss_kb() for lb in lbs)
+            return elapsed, f"stored={stored} peak RSS/node={rss / 1024:.1f} MiB"
+    finally:
+
+        async def drop() -> None:
+            parsed = parse_pg_url(url)
+            conn = await asyncpg.connect(parsed.dsn)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await conn.close()
+
+        asyncio.run(drop())
+
+
+def run(messages: int, sessions: int, size: int, storage_url: str | None = None) -> None:
     results: dict[str, float] = {}
     rows: list[tuple[str, ...]] = [("server", "msgs/s", "seconds", "note")]
 
@@ -45,6 +115,13 @@ def run(messages: int, sessions: int, size: int) -> None:
                 f"stored={stored} peak RSS={rss / 1024:.1f} MiB",
             )
         )
+
+    if storage_url:
+        for nodes in (1, 2):
+            elapsed, note = _letterbird_pg(storage_url, nodes, messages, sessions, size)
+            label = f"letterbird (PostgreSQL, {nodes} node{'s' if nodes > 1 else ''})"
+            results[label] = messages / elapsed
+            rows.append((label, f"{messages / elapsed:.0f}", f"{elapsed:.2f}", note))
 
     with peer_workdir() as work:
         with aiosmtpd_baseline(work / "aiosmtpd") as base:
@@ -101,8 +178,12 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument(
+        "--storage-url",
+        help="also run Letterbird on this PostgreSQL database, with one node and two nodes",
+    )
     args = ap.parse_args()
-    run(args.messages, args.sessions, args.size)
+    run(args.messages, args.sessions, args.size, args.storage_url)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Semantics every backend guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -329,3 +330,11 @@ class Storage(Protocol):
     async def queue_remove(self, queue_id: str) -> list[QueueEntry]: ...
     async def queue_flush(self, now: float | None = None) -> int: ...
     async def queue_next_due(self) -> float | None: ...
+
+    # -- POP3 maildrop locks (RFC 1939 §8), held across every node sharing the storage ------
+    async def maildrop_lock(
+        self, account_id: int
+    ) -> contextlib.AbstractAsyncContextManager[None] | None:
+        """Take the account's maildrop lock for one session: an async context manager that
+        releases it on exit (enter it at once), or None when another session holds it."""
+        ...

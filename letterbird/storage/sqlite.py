@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import logging
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -253,6 +254,7 @@ class SqliteStorage:
         self._closed = False
         self.batches = 0  # group-commit statistics (for tests and metrics)
         self.batched_jobs = 0
+        self._maildrops: set[int] = set()  # accounts with a POP3 session holding the lock
 
     @property
     def bus(self) -> ChangeBus:
@@ -1323,6 +1325,26 @@ class SqliteStorage:
         if row is None:
             raise NotFound("no such account")
         return int(row[0]), int(row[1])
+
+    async def maildrop_lock(
+        self, account_id: int
+    ) -> contextlib.AbstractAsyncContextManager[None] | None:
+        """The account's POP3 maildrop lock (RFC 1939 §8), or None when a session holds it.
+
+        One process serves a SQLite database, so the lock is a set in memory (the PostgreSQL
+        backend holds an advisory lock that every node sees)."""
+        if account_id in self._maildrops:
+            return None
+        self._maildrops.add(account_id)
+
+        @contextlib.asynccontextmanager
+        async def held() -> AsyncIterator[None]:
+            try:
+                yield
+            finally:
+                self._maildrops.discard(account_id)
+
+        return held()
 
     # -- maintenance ---------------------------------------------------------------------
     async def integrity_check(self) -> list[str]:

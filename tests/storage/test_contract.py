@@ -6,7 +6,9 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import pgutil
 import pytest
 from conftest import blob_of, sample_message
 
@@ -22,19 +24,34 @@ from letterbird.storage.interface import (
     QuotaExceeded,
     StorageError,
 )
+from letterbird.storage.postgres import PgStorage
 from letterbird.storage.sqlite import SqliteStorage
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqliteStorage]:
-    s = SqliteStorage(tmp_path / "contract.db")
+    if request.param == "postgresql":
+        url = pgutil.clean_url()
+        s: Any = PgStorage(url)
+    else:
+        s = SqliteStorage(tmp_path / "contract.db")
     await s.open()
     try:
         yield s
     finally:
         problems = await s.integrity_check()
         await s.close()
+        if request.param == "postgresql":
+            await pgutil.recycle_async(url)
         assert problems == []
+
+
+async def _blob_count(store: Any) -> int:
+    """Distinct message contents stored (backend-specific bookkeeping)."""
+    if isinstance(store, SqliteStorage):
+        (n,) = await store._read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone())
+        return int(n)
+    return int((await store.counts())["blobs"])
 
 
 async def _account(
@@ -96,7 +113,7 @@ async def test_append_once_for_many_recipients(store: SqliteStorage) -> None:
     msg = sample_message()
     res = await store.append(blob_of(msg), [AppendTarget(u.id) for u in users])
     assert [uid for _, uid in res] == [1, 1, 1]
-    (count,) = await store._read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone())
+    count = await _blob_count(store)
     assert count == 1
     for u, (mid, uid) in zip(users, res, strict=True):
         recs = await store.fetch_messages(mid, [uid])
@@ -246,7 +263,7 @@ async def test_quota(store: SqliteStorage) -> None:
         await store.append(blob_of(sample_message(3)), [AppendTarget(bob.id)])
     inbox = await store.get_mailbox(bob.id, "INBOX")
     assert inbox is not None and len(await store.list_messages(inbox.id)) == 2
-    (count,) = await store._read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone())
+    count = await _blob_count(store)
     assert count == 2  # the refused message left nothing behind
 
 
@@ -379,7 +396,7 @@ async def test_queue_leases_and_updates(store: SqliteStorage) -> None:
     # done: the entry, the queued message and the blob go away
     assert await store.queue_update(again.id, "node-b", [], 0, "")
     assert await store.queue_entries() == []
-    (count,) = await store._read(lambda c: c.execute("SELECT count(*) FROM blobs").fetchone())
+    count = await _blob_count(store)
     assert count == 0
     assert await store.queue_next_due() is None
 
@@ -420,3 +437,19 @@ async def test_migrates_from_version_1(tmp_path: Path) -> None:
         assert v == SCHEMA_VERSION
     finally:
         await s.close()
+
+
+async def test_maildrop_lock(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    lock = await store.maildrop_lock(bob.id)
+    assert lock is not None
+    async with lock:
+        assert await store.maildrop_lock(bob.id) is None  # one POP3 session per maildrop
+        other = await store.maildrop_lock(bob.id + 1)
+        assert other is not None
+        async with other:
+            pass
+    again = await store.maildrop_lock(bob.id)
+    assert again is not None
+    async with again:
+        pass
