@@ -278,6 +278,11 @@ class Config:
         return self.resolve_path(self.data_dir)
 
     @property
+    def storage_url_for_display(self) -> str:
+        """The storage URL with any password replaced by ``***`` (for logs and output)."""
+        return redact_url(self.storage_url)
+
+    @property
     def storage_url(self) -> str:
         if self.storage.url:
             url = self.storage.url
@@ -285,6 +290,19 @@ class Config:
                 return "sqlite:///" + str(self.resolve_path(url[len("sqlite:///") :]))
             return url
         return "sqlite:///" + str(self.data_path / "mail.db")
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    netloc, slash, path = rest.partition("/")
+    userinfo, at, host = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 def _type_name(tp: Any) -> str:

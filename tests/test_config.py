@@ -105,3 +105,11 @@ def test_durations_and_hostports() -> None:
     assert parse_hostport("127.0.0.1:2525") == ("127.0.0.1", 2525)
     assert parse_hostport("[::1]:0") == ("::1", 0)
     assert parse_hostport(":25") == ("0.0.0.0", 25)
+
+
+def test_storage_url_password_is_never_shown() -> None:
+    from letterbird.config import redact_url
+
+    assert redact_url("postgresql://lb:s3cret@db:5432/mail") == "postgresql://lb:***@db:5432/mail"
+    assert redact_url("postgresql://lb@db/mail") == "postgresql://lb@db/mail"
+    assert redact_url("sqlite:////var/mail.db") == "sqlite:////var/mail.db"

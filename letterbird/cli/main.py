@@ -120,7 +120,7 @@ def check_config(ctx: click.Context) -> None:
     click.echo(f"configuration OK ({ctx.obj.get('config_path') or 'built-in defaults'})")
     click.echo(f"hostname  {cfg.hostname}")
     click.echo(f"data_dir  {cfg.data_path}")
-    click.echo(f"storage   {cfg.storage_url}")
+    click.echo(f"storage   {cfg.storage_url_for_display}")
     for key, addrs in cfg.listen.items():
         click.echo(f"listen    {key:12} {', '.join(addrs) or '-'}")
 

@@ -310,11 +310,9 @@ class Directory:
         lockout = self.config.auth.lockout
         user_key = "u:" + username.casefold()
         ip_key = "ip:" + (client or "?")
-        for key in (user_key, ip_key):
-            until = self._failures.blocked_until(key, now, lockout)
-            if until is not None and now < until:
-                await self._delay()
-                return AuthResult(AuthOutcome.THROTTLED)
+        if await self._blocked((user_key, ip_key), now, lockout):
+            await self._delay()
+            return AuthResult(AuthOutcome.THROTTLED)
         account = await self.find_user(username)
         ok = False
         if account is not None:
@@ -331,12 +329,44 @@ class Directory:
                 self._dummy_hash = await self.passwords.hash_async(secrets.token_hex(8))
             await self.passwords.verify_async(self._dummy_hash, password)
         if ok and account is not None:
-            self._failures.clear(user_key)
+            await self._clear_failures(user_key)
             return AuthResult(AuthOutcome.OK, account)
-        self._failures.add(user_key, now)
-        self._failures.add(ip_key, now)
+        await self._add_failures((user_key, ip_key), now)
         await self._delay()
         return AuthResult(AuthOutcome.FAILED)
+
+    # Failed logins are counted in the storage when it offers shared counters (PostgreSQL:
+    # every node sees every failure, on the database clock), else in this process (SQLite:
+    # one process serves the database).
+    async def _blocked(self, keys: tuple[str, ...], now: float, lockout: float) -> bool:
+        shared = getattr(self.storage, "auth_failure_status", None)
+        if shared is None:
+            for key in keys:
+                until = self._failures.blocked_until(key, now, lockout)
+                if until is not None and now < until:
+                    return True
+            return False
+        a = self.config.auth
+        status = await shared(keys, a.failure_window)
+        return any(
+            a.max_failures and count >= a.max_failures and since < lockout
+            for count, since in status.values()
+        )
+
+    async def _add_failures(self, keys: tuple[str, ...], now: float) -> None:
+        shared = getattr(self.storage, "auth_failure_add", None)
+        if shared is None:
+            for key in keys:
+                self._failures.add(key, now)
+            return
+        await shared(keys, self.config.auth.failure_window)
+
+    async def _clear_failures(self, key: str) -> None:
+        shared = getattr(self.storage, "auth_failure_clear", None)
+        if shared is None:
+            self._failures.clear(key)
+            return
+        await shared(key)
 
     def _remember(self, key: bytes, now: float) -> None:
         if len(self._cache) > 50_000:

@@ -14,8 +14,9 @@ Policy decided here, not in the core:
   LIST/STAT report, and the unique-id is ``f"{uidvalidity}.{uid}"``, stable across sessions for
   as long as the mailbox keeps its UIDVALIDITY. Messages delivered during the session are not
   shown (RFC 1939 §8: the maildrop is fixed for the session).
-- **One session per maildrop**: an in-process lock per account (:class:`MaildropLocks`, kept in
-  ``app.services``); a second login gets ``-ERR [IN-USE]`` (RFC 2449 §8.1.1).
+- **One session per maildrop**: the storage's maildrop lock (``Storage.maildrop_lock``: a set
+  in process on SQLite, an advisory lock every node sees on PostgreSQL); a second login, on any
+  node, gets ``-ERR [IN-USE]`` (RFC 2449 §8.1.1).
 - **Failed and throttled logins** both get ``-ERR [AUTH]``: RFC 2449 §8.1.2 ``[LOGIN-DELAY]``
   is about *successful* logins repeated too soon, and answering the directory's lockout
   differently would tell a password guesser that the lockout is on. A wrong PLAIN authzid
@@ -43,6 +44,7 @@ One structured log line per session event (``pop3.connect``, ``pop3.login``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
@@ -83,17 +85,12 @@ __all__ = [
     "ERR_CONNECTION_LIMIT",
     "ERR_SHUTDOWN",
     "ERR_STORAGE",
-    "LOCKS_SERVICE",
-    "MaildropLocks",
     "Pop3Session",
     "core_config",
     "handle_pop3",
-    "locks_of",
     "unique_id",
 ]
 
-#: ``app.services`` key of the per-account maildrop locks shared by every POP3 session.
-LOCKS_SERVICE = "pop3.locks"
 #: ``App.enter``/``App.leave`` group: ``pop3`` and ``pop3s`` share the per-IP count.
 CONNECTION_GROUP = "pop3"
 SEEN = "\\Seen"
@@ -138,35 +135,6 @@ def core_config(config: Config, info: ConnectionInfo) -> ServerConfig:
     )
 
 
-class MaildropLocks:
-    """Which accounts have a POP3 session in TRANSACTION state in this process."""
-
-    def __init__(self) -> None:
-        self._held: set[int] = set()
-
-    def acquire(self, account_id: int) -> bool:
-        """Take the lock; False when another session holds it."""
-        if account_id in self._held:
-            return False
-        self._held.add(account_id)
-        return True
-
-    def release(self, account_id: int) -> None:
-        self._held.discard(account_id)
-
-    def held(self, account_id: int) -> bool:
-        return account_id in self._held
-
-
-def locks_of(app: App) -> MaildropLocks:
-    """The app's maildrop locks (created on first use)."""
-    locks = app.services.get(LOCKS_SERVICE)
-    if not isinstance(locks, MaildropLocks):
-        locks = MaildropLocks()
-        app.services[LOCKS_SERVICE] = locks
-    return locks
-
-
 async def _delete(storage: Storage, mailbox_id: int, uids: Sequence[int]) -> None:
     """Remove messages whatever their flags, in one transaction where the backend can."""
     delete = getattr(storage, "delete_messages", None)
@@ -186,7 +154,7 @@ class Pop3Session:
         self.stream = stream
         self.info = info
         self.core = ServerConnection(core_config(app.config, info))
-        self.locks = locks_of(app)
+        self.maildrop: contextlib.AbstractAsyncContextManager[None] | None = None  # held lock
         self.account: Account | None = None  # the logged-in account
         self.locked = False  # whether this session holds the account's maildrop lock
         self.mailbox_id: int | None = None
@@ -216,7 +184,7 @@ class Pop3Session:
             await self._loop()
         finally:
             self.app.stop_callbacks.discard(self._on_stop)
-            self._release()
+            await self._release()
             try:
                 await self._flush_seen()
             finally:
@@ -317,17 +285,25 @@ class Pop3Session:
             event(log, "pop3.auth_failed", client=client, user=ev.username, reason=reason)
             core.login_failed(LoginFailure.AUTH)
             return
-        if not self.locks.acquire(account.id):
+        try:
+            lock = await self.app.storage.maildrop_lock(account.id)
+        except StorageError as exc:
+            event(log, "pop3.storage_error", level=logging.ERROR, client=client, error=exc)
+            core.login_failed(LoginFailure.SYS_TEMP)
+            return
+        if lock is None:
             event(log, "pop3.in_use", client=client, user=account.address)
             core.login_failed(LoginFailure.IN_USE)
             return
+        await lock.__aenter__()
+        self.maildrop = lock
         self.account = account
         self.locked = True
         try:
             maildrop = await self._snapshot(account)
         except StorageError as exc:
             event(log, "pop3.storage_error", level=logging.ERROR, client=client, error=exc)
-            self._release()
+            await self._release()
             self.account = None
             self.mailbox_id = None
             self.records.clear()
@@ -435,7 +411,7 @@ class Pop3Session:
                 ok = False
         event(log, "pop3.quit", client=self.info.peer_host, deleted=len(uids), ok=ok)
         self.end = "quit"
-        self._release()
+        await self._release()
         self.core.update_done(ok)
 
     async def _stls(self) -> None:
@@ -450,14 +426,18 @@ class Pop3Session:
         event(log, "pop3.tls", client=self.info.peer_host, tls=self.stream.tls_description())
 
     # -- helpers -------------------------------------------------------------------------
-    def _release(self) -> None:
+    async def _release(self) -> None:
         """Give the maildrop back (idempotent); stop following its changes."""
         if self.subscription is not None:
             self.subscription.close()
             self.subscription = None
-        if self.locked and self.account is not None:
-            self.locks.release(self.account.id)
+        lock, self.maildrop = self.maildrop, None
         self.locked = False
+        if lock is not None:
+            try:
+                await lock.__aexit__(None, None, None)
+            except StorageError as exc:  # the lock dies with its connection anyway
+                event(log, "pop3.unlock_failed", level=logging.WARNING, error=exc)
 
     async def _flush_seen(self) -> None:
         """Write the pending ``\\Seen`` marks in one transaction (errors are logged only)."""

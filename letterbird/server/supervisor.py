@@ -141,7 +141,11 @@ async def start_server(config: Config, *, demo: bool = True) -> Running:
                         log, "listener.skipped", protocol=key, address=addr, reason="not built yet"
                     )
                     continue
-                ssl_ctx = app.tls.context if spec.implicit_tls else None
+                # Behind a trusted PROXY-protocol balancer the header comes before the TLS
+                # handshake, so implicit-TLS listeners then start TLS after reading it
+                # (letterbird.server.proxy.accept_proxy) instead of in the listener.
+                implicit = spec.implicit_tls and not config.proxy.trusted
+                ssl_ctx = app.tls.context if implicit else None
 
                 async def handle(
                     r: asyncio.StreamReader, w: asyncio.StreamWriter, _spec: ProtocolSpec = spec
@@ -202,7 +206,7 @@ async def run_server(config: Config, *, demo: bool = True) -> int:
     if queue is not None:
         loop.add_signal_handler(signal.SIGUSR1, lambda: queue.wake(reset_backoff=True))
     pid_file = write_pid_file(config)
-    event(log, "server.ready", hostname=config.hostname, storage=config.storage_url)
+    event(log, "server.ready", hostname=config.hostname, storage=config.storage_url_for_display)
     await stop.wait()
     event(log, "server.stopping")
     await running.stop()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import logging
 import poplib
 import smtplib
@@ -164,19 +163,7 @@ def test_idle_on_one_node_woken_by_another(two_nodes: tuple[ServerProcess, Serve
             imap.idle_done()
 
 
-def _uses(module: str, name: str) -> bool:
-    """Whether an edge module calls a storage method yet (integration done elsewhere)."""
-    import importlib
-
-    return name in inspect.getsource(importlib.import_module(module))
-
-
 @pytest.mark.pg
-@pytest.mark.skipif(
-    not _uses("letterbird.server.pop3", "maildrop_lock"),
-    reason="letterbird/server/pop3.py still locks maildrops in process (MaildropLocks); "
-    "storage.maildrop_lock() is the cross-node lock it should take",
-)
 def test_pop3_maildrop_lock_across_nodes(two_nodes: tuple[ServerProcess, ServerProcess]) -> None:
     a, b = two_nodes
     first = poplib.POP3(*a.bound["pop3"], timeout=30)
@@ -199,11 +186,6 @@ def test_pop3_maildrop_lock_across_nodes(two_nodes: tuple[ServerProcess, ServerP
 
 
 @pytest.mark.pg
-@pytest.mark.skipif(
-    not _uses("letterbird.directory.service", "auth_failure"),
-    reason="letterbird/directory/service.py counts failed logins per process; the storage's "
-    "auth_failure_add/auth_failure_status are the shared counters it should use",
-)
 def test_login_throttling_across_nodes(two_nodes: tuple[ServerProcess, ServerProcess]) -> None:
     a, b = two_nodes
     for i in range(10):  # [auth] max_failures = 10 by default, spread over both nodes

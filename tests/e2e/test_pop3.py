@@ -28,10 +28,7 @@ from letterbird.config import Config
 from letterbird.proto.pop3 import LoginRequested, ServerConnection
 from letterbird.server.app import ConnectionInfo
 from letterbird.server.pop3 import (
-    LOCKS_SERVICE,
-    MaildropLocks,
     core_config,
-    locks_of,
     unique_id,
 )
 from letterbird.storage.interface import AppendTarget, NotFound, StorageError
@@ -200,7 +197,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def lock_free(srv: ServerThread, address: str = BOB) -> bool:
     account = srv.call(srv.app.directory.get_user(address))
-    return not locks_of(srv.app).held(account.id)
+
+    async def probe() -> bool:
+        lock = await srv.app.storage.maildrop_lock(account.id)
+        if lock is None:
+            return False
+        async with lock:
+            return True
+
+    return srv.call(probe())
 
 
 # --- poplib -----------------------------------------------------------------------------------
@@ -375,14 +380,6 @@ def test_second_login_in_use(server: ServerThread) -> None:
     assert r.cmd(b"USER " + BOB.encode()).startswith(b"+OK")
     assert r.cmd(b"PASS " + PASSWORD.encode()).startswith(b"+OK")
     r.cmd(b"QUIT")
-
-
-def test_lock_registry() -> None:
-    locks = MaildropLocks()
-    assert locks.acquire(1) and not locks.acquire(1) and locks.held(1)
-    locks.release(1)
-    assert not locks.held(1) and locks.acquire(1)
-    assert LOCKS_SERVICE == "pop3.locks"
 
 
 def test_expunged_between_list_and_retr(server: ServerThread) -> None:
