@@ -376,18 +376,26 @@ def test_proxy_v2_client_address_decides_plaintext_auth(
         assert _line(s).startswith(b"+OK")
 
 
-def test_implicit_tls_listener_passed_through(proxied: ServerThread) -> None:
-    """The TLS handshake came first, so no header is expected there (see server/proxy.py)."""
+def test_implicit_tls_listener_reads_the_header_first(proxied: ServerThread) -> None:
+    """With trusted proxies configured, pop3s/imaps/submissions listen in plain TCP: the
+    header comes first, then the TLS handshake; a trusted peer that starts TLS without a
+    header is a misconfigured balancer and is dropped."""
     import ssl
 
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(proxied.address("pop3s"), timeout=10) as raw:
+        raw.sendall(encode_v1(("198.51.100.21", 999), ("192.0.2.1", 995)))
+        with ctx.wrap_socket(raw) as s:
+            assert _line(s).startswith(b"+OK")  # type: ignore[arg-type]
+            s.sendall(b"QUIT\r\n")
     with (
         socket.create_connection(proxied.address("pop3s"), timeout=10) as raw,
+        pytest.raises((ssl.SSLError, ConnectionError, OSError)),
         ctx.wrap_socket(raw) as s,
     ):
-        assert _line(s).startswith(b"+OK")  # type: ignore[arg-type]
+        _line(s)  # type: ignore[arg-type]
 
 
 def test_implicit_tls_after_the_header_on_a_plain_socket(
