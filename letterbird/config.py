@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "AuthCheckSettings",
     "AuthSettings",
     "Config",
     "ConfigError",
     "DeliverySettings",
+    "DkimSettings",
     "DnsSettings",
     "Limits",
     "ListenSettings",
@@ -250,6 +252,36 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class DkimSettings:
+    """``[dkim]``: DKIM signing of outgoing mail (RFC 6376, RFC 8463)."""
+
+    # Sign mail submitted by users and mail forwarded by us, with the active keys of the From:
+    # domain (else the envelope sender's, or for forwarding the forwarding domain's).
+    sign: bool = True
+    # Key folder (`letterbird domain dkim generate` writes there); relative to data_dir.
+    key_dir: str = "dkim"
+
+
+@dataclass(frozen=True)
+class AuthCheckSettings:
+    """``[auth_checks]``: SPF, DKIM and DMARC on mail from unauthenticated clients on the MX
+    port (RFC 7208, 6376, 7489), reported in one Authentication-Results field (RFC 8601)."""
+
+    enabled: bool = True
+    # DMARC p=reject answers 550 5.7.1 at the end of DATA, p=quarantine files into Junk;
+    # false: results are only recorded.
+    dmarc_enforce: bool = True
+    # The longest the checks may take (SPF, DKIM keys, DMARC record); then "temperror".
+    timeout: float = _duration(20.0)
+    # DKIM signatures verified per message (later ones are reported "neutral").
+    max_signatures: int = 5
+    # Also check the HELO identity with SPF (RFC 7208 §2.3).
+    check_helo: bool = True
+    # Clients not checked (local injection, trusted relays): addresses or networks.
+    skip_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = field(default_factory=socket.getfqdn)
     data_dir: str = "./letterbird-data"
@@ -265,6 +297,8 @@ class Config:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     submission: SubmissionSettings = field(default_factory=SubmissionSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
+    auth_checks: AuthCheckSettings = field(default_factory=AuthCheckSettings)
     # Set by the loader: the folder relative paths are resolved against.
     base_dir: str = field(default=".", metadata={"internal": True})
 
@@ -419,6 +453,19 @@ def _validate(cfg: Config) -> None:
     if not cfg.hostname:
         raise ConfigError("hostname: must not be empty")
     _validate_delivery(cfg.delivery)
+    _validate_auth_checks(cfg.auth_checks)
+
+
+def _validate_auth_checks(a: AuthCheckSettings) -> None:
+    if a.timeout <= 0:
+        raise ConfigError("auth_checks.timeout: must be positive")
+    for i, net in enumerate(a.skip_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"auth_checks.skip_networks[{i}]: expected an address or network, got {net!r}"
+            ) from None
 
 
 def _validate_delivery(d: DeliverySettings) -> None:

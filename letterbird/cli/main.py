@@ -183,6 +183,97 @@ def domain_remove(ctx: click.Context, name: str) -> None:
     click.echo(f"removed domain {name}")
 
 
+@domain.group("dkim")
+def domain_dkim() -> None:
+    """DKIM signing keys (RFC 6376; RSA-2048 and Ed25519, RFC 8463)."""
+
+
+def _key_store(ctx: click.Context) -> Any:
+    from letterbird.auth.keys import KeyStore, key_dir
+
+    return KeyStore(key_dir(_config(ctx)))
+
+
+def _echo_keys(keys: list[Any], store: Any) -> None:
+    from letterbird.auth.records import txt_strings
+
+    for k in keys:
+        click.echo(f"{k.selector:<16} {k.algorithm:<15} {k.state}")
+        click.echo(f"  {k.dns_name}.\tIN\tTXT\t{txt_strings(store.public_record(k))}")
+
+
+@domain_dkim.command("generate")
+@click.argument("name")
+@click.option("--selector", help="Selector (default lbYYYYMMDD; 'r'/'e' appended for both keys).")
+@click.option(
+    "--algorithm",
+    type=click.Choice(["both", "rsa", "ed25519"]),
+    default="both",
+    show_default=True,
+    help="Key types to create.",
+)
+@click.option(
+    "--activate", is_flag=True, help="Sign with the new keys at once (publish them in DNS first)."
+)
+@click.pass_context
+@_errors
+def domain_dkim_generate(
+    ctx: click.Context, name: str, selector: str | None, algorithm: str, activate: bool
+) -> None:
+    """Create signing keys for a domain. The first keys of a domain sign at once; later ones
+    wait (pending) until `domain dkim activate`, so their DNS records can be published first.
+    Two generations stay published: the active one and the one before it."""
+    if not _with_directory(ctx, lambda d, s: d.is_local_domain(name)):
+        raise click.ClickException(f"{name} is not one of our domains (letterbird domain add)")
+    store = _key_store(ctx)
+    algorithms = ("rsa", "ed25519") if algorithm == "both" else (algorithm,)
+    keys = store.generate(name, selector, algorithms=algorithms)
+    if activate and keys and keys[0].state != "active":
+        keys = store.activate(name, keys[0].generation)
+    _echo_keys(keys, store)
+    if keys and keys[0].state == "pending":
+        click.echo(
+            f"publish these records, then: letterbird domain dkim activate {name} "
+            f"{keys[0].generation}"
+        )
+
+
+@domain_dkim.command("activate")
+@click.argument("name")
+@click.argument("selector")
+@click.pass_context
+@_errors
+def domain_dkim_activate(ctx: click.Context, name: str, selector: str) -> None:
+    """Sign with a pending generation (name or one of its selectors); the active one retires
+    (still published) and an older retiring one is removed."""
+    store = _key_store(ctx)
+    _echo_keys(store.activate(name, selector), store)
+
+
+@domain_dkim.command("list")
+@click.argument("name")
+@click.pass_context
+@_errors
+def domain_dkim_list(ctx: click.Context, name: str) -> None:
+    """The domain's published selectors and their state."""
+    store = _key_store(ctx)
+    keys = store.selectors(name)
+    if not keys:
+        click.echo(f"no DKIM keys for {name}")
+    _echo_keys(keys, store)
+
+
+@domain.command("dns")
+@click.argument("name")
+@click.pass_context
+@_errors
+def domain_dns(ctx: click.Context, name: str) -> None:
+    """Print the DNS records to publish: MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT, PTR."""
+    from letterbird.auth.records import domain_records, format_zone
+
+    click.echo(format_zone(domain_records(_config(ctx), name, _key_store(ctx))), nl=False)
+
+
 # -- users --------------------------------------------------------------------------------
 @cli.group()
 def user() -> None:

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from letterbird.auth.results import verified_sender
 from letterbird.directory.service import AuthOutcome
 from letterbird.http.listing import SEARCH_FIELDS, SearchField, search_folder
 from letterbird.http.mailview import (
@@ -73,6 +74,8 @@ DOWNLOAD_TYPES = frozenset(
     {*INLINE_IMAGE_TYPES, "application/pdf", "text/plain", "text/calendar", "application/zip"}
 )
 RAW_CHUNK = 1 << 20
+#: Bytes of a message read to find our Authentication-Results field (the top of the header).
+VERIFIED_HEAD = 65536
 _SEARCH_CACHE = 32
 _MAX_QUERY = 200
 _LOG = logging.getLogger("letterbird.http")
@@ -360,6 +363,9 @@ def routes(web: Web) -> list[Route]:
                 elif ref.mime_type in INLINE_IMAGE_TYPES:
                     texts.append({"image": cid_link(mb, rec.uid, ref)})
         env = info.envelope
+        # the "verified sender" mark: DMARC passed, per our Authentication-Results field
+        head = await web.storage.read_blob(rec.blob_id, 0, VERIFIED_HEAD)
+        verified = verified_sender(head, web.app.config.hostname)
         back = _list_query(request.query_params)
         frame_url = f"/mail/{mb.id}/{rec.uid}/frame" + ("?remote=1" if remote else "")
         attachments = [
@@ -378,6 +384,7 @@ def routes(web: Web) -> list[Route]:
             "uid": rec.uid,
             "subject": info.subject or "(no subject)",
             "from_": addresses(env.from_),
+            "verified": verified,
             "to": addresses(env.to),
             "cc": addresses(env.cc),
             "bcc": addresses(env.bcc),

@@ -39,6 +39,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from letterbird.auth.service import (
+    InboundCheck,
+    MailAuth,
+    SignRequest,
+    finish_message,
+    replace_mailbox,
+)
 from letterbird.config import Config
 from letterbird.delivery.dsn import DsnRecipient, build_dsn
 from letterbird.delivery.queue.service import new_queue_id
@@ -188,6 +195,7 @@ class _Transaction:
     recipients: list[_Recipient] = field(default_factory=list)
     spool: Spool | None = None
     fixer: HeaderFixer | None = None
+    auth: InboundCheck | None = None  # SPF/DKIM/DMARC of an incoming message (letterbird.auth)
 
 
 class SmtpSession:
@@ -224,6 +232,8 @@ class SmtpSession:
             self.app.stop_callbacks.discard(self._on_stop)
             if self.txn is not None and self.txn.spool is not None:
                 self.txn.spool.discard()  # vanished mid-DATA: nothing half-stored
+            if self.txn is not None and self.txn.auth is not None:
+                self.txn.auth.cancel()
             if self.rdns is not None and not self.rdns.done():
                 self.rdns.cancel()
             await self.stream.close()
@@ -253,6 +263,8 @@ class SmtpSession:
                 await self.stream.write(core.data_to_send())
                 return
             if isinstance(ev, Hello):
+                if self.txn is not None and self.txn.auth is not None:
+                    self.txn.auth.cancel()
                 self.txn = None  # EHLO/HELO reset the transaction (RFC 5321 §4.1.4)
                 core.accept_hello()
             elif isinstance(ev, MailFrom):
@@ -341,7 +353,13 @@ class SmtpSession:
                 )
                 self.core.reply(refusal)
                 return
+        if self.txn is not None and self.txn.auth is not None:
+            self.txn.auth.cancel()  # after RSET: one live check per connection
         self.txn = _Transaction(new_queue_id())
+        if not self.policy.submission:  # SPF starts now, in the background
+            self.txn.auth = MailAuth.for_app(self.app).start(
+                self.info.peer_host, self.core.helo_name or "", sender
+            )
         event(
             log,
             "smtp.mail",
@@ -472,6 +490,8 @@ class SmtpSession:
         txn = self.txn
         assert txn is not None
         spool = txn.spool if txn.spool is not None else self._open_spool(txn)
+        if txn.auth is not None:
+            txn.auth.feed(data)
         if txn.fixer is not None:
             data = txn.fixer.feed(data)
         spool.write(data)
@@ -518,7 +538,19 @@ class SmtpSession:
             if refusal is not None:
                 return refusal
             blob = await spool.finish()
+            sign = SignRequest(  # DKIM: submitted mail, and mail we forward outside
+                submission=self.policy.submission and self.account is not None,
+                sender=str(ev.envelope.mail_from.address or ""),
+                forward_domain=next(
+                    (r.address.rpartition("@")[2] for r in txn.recipients if r.forward), None
+                ),
+            )
+            checked = await finish_message(self.app, blob, txn.auth, sign, queue_id=txn.message_id)
+            if checked.refusal is not None:
+                return checked.refusal
+            blob = checked.blob
             targets = [AppendTarget(account.id) for account in _unique_accounts(txn.recipients)]
+            targets = replace_mailbox(targets, checked.mailbox)  # DMARC quarantine: Junk
             try:
                 outgoing = await self._outgoing(txn, ev.envelope)
                 if outgoing is not None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from letterbird.storage.interface import StorageError
 from letterbird.storage.pg_schema import CHUNK, parse_pg_url

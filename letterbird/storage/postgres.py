@@ -34,7 +34,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 
 from letterbird.logs import event
 from letterbird.storage import names
@@ -1344,6 +1344,29 @@ class PgStorage:
             MessageRecord(mailbox_id, r[0], r[1], frozenset(r[2]), r[3], r[4], r[5], bytes(r[6]))
             for r in rows
         ]
+
+    async def fetch_meta(
+        self, mailbox_id: int, uids: Sequence[int]
+    ) -> list[tuple[int, int, float, int, str]]:
+        uid_list = sorted(set(uids))
+        if not uid_list:
+            return []
+        base = (
+            "SELECT m.uid, m.modseq, m.internaldate, m.size, b.hash "
+            "FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id=$1"
+        )
+        if uid_list[-1] - uid_list[0] + 1 == len(uid_list):  # contiguous: one range scan
+            rows = await self._fetch(
+                base + " AND m.uid BETWEEN $2 AND $3 ORDER BY m.uid",
+                mailbox_id,
+                uid_list[0],
+                uid_list[-1],
+            )
+        else:
+            rows = await self._fetch(
+                base + " AND m.uid = ANY($2::bigint[]) ORDER BY m.uid", mailbox_id, uid_list
+            )
+        return [(r[0], r[1], float(r[2]), r[3], r[4]) for r in rows]
 
     async def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
         stop_arg = _NO_END if end is None else max(end, 0)
