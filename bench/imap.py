@@ -16,7 +16,9 @@ Four measurements, each on both servers:
     UNSEEN``, ``UID SEARCH FROM``, every tenth round a ``UID SEARCH BODY`` (full-text, no index on
     either side), an ``APPEND`` of a small message and its removal (``UID STORE +FLAGS.SILENT
     (\\Deleted)`` + ``UID EXPUNGE``), so the mailbox stays the same size. Reported: commands/s
-    over all clients and p50/p95 latency per command.
+    over all clients, p50/p95 latency per command, and the server's CPU seconds per command
+    (utime + stime from ``/proc``: Letterbird's one process; Dovecot's whole process group,
+    its exited children included), which a loaded machine disturbs less than wall-clock rates.
 ``reconnect``
     The same mix, but every round connects, logs in and logs out (phones, mbsync, cron jobs).
 ``idle``
@@ -352,6 +354,7 @@ class MixReport:
     seconds: float
     per_command: dict[str, tuple[int, float, float]]  # name -> (count, p50 ms, p95 ms)
     errors: list[str]
+    server_cpu: float | None = None  # CPU seconds the server used during the run
 
 
 def run_mix(
@@ -361,8 +364,11 @@ def run_mix(
     seconds: float,
     reconnect: bool,
     sizes: dict[int, int],
+    cpu: Callable[[], float] | None = None,
 ) -> MixReport:
+    """Run the mix; ``cpu()`` (if given) reads the server's CPU seconds used so far."""
     host, port = address.rsplit(":", 1)
+    cpu_before = cpu() if cpu is not None else 0.0
     start_at = time.time() + 1.0
     futures = [
         pool.submit(
@@ -371,6 +377,7 @@ def run_mix(
         for i, user in enumerate(users)
     ]
     results = [f.result() for f in futures]
+    server_cpu = cpu() - cpu_before if cpu is not None else None
     merged: dict[str, list[float]] = {}
     for r in results:
         for name, values in r.latencies.items():
@@ -382,7 +389,8 @@ def run_mix(
         p95 = values[min(len(values) - 1, int(len(values) * 0.95))]
         per[name] = (len(values), statistics.median(values) * 1e3, p95 * 1e3)
     total = sum(len(v) for v in merged.values())
-    return MixReport(total, wall, per, [e for r in results for e in r.errors])
+    errors = [e for r in results for e in r.errors]
+    return MixReport(total, wall, per, errors, server_cpu)
 
 
 # --- idle sessions ----------------------------------------------------------------------------
@@ -547,9 +555,25 @@ async def populate_letterbird(
         await storage.close()
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """utime + stime of ``pid`` (with ``children``: plus those of its children it has
+    waited for, i.e. that have exited)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # gone
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _group_cpu_seconds(leader: int) -> float:
+    """CPU seconds of a process group whose leader spawns every process (Dovecot's master):
+    the live processes' own time plus what exited children left in the leader's account."""
+    return sum(_cpu_seconds(p) for p in group_pids(leader)) + (
+        _cpu_seconds(leader, children=True) - _cpu_seconds(leader)
+    )
 
 
 @dataclass
@@ -594,12 +618,14 @@ def bench_letterbird(pool: ProcessPoolExecutor, w: Workload) -> ServerFigures:
         asyncio.run(populate_letterbird(lb.config, accounts))
         figures.notes.append(f"populated in {time.perf_counter() - t0:.1f} s")
         address = lb.address("imap")
+
+        def cpu() -> float:
+            return _cpu_seconds(lb.pid)
+
         if "mix" in w.only:
-            cpu = _cpu_seconds(lb.pid)
-            figures.mix = run_mix(pool, address, users, w.seconds, False, w.sizes)
-            figures.notes.append(f"mix server CPU {_cpu_seconds(lb.pid) - cpu:.1f} s")
+            figures.mix = run_mix(pool, address, users, w.seconds, False, w.sizes, cpu)
         if "reconnect" in w.only:
-            figures.reconnect = run_mix(pool, address, users, w.seconds, True, w.sizes)
+            figures.reconnect = run_mix(pool, address, users, w.seconds, True, w.sizes, cpu)
         if "idle" in w.only:
             try:
                 figures.idle = asyncio.run(
@@ -631,10 +657,14 @@ def bench_dovecot(pool: ProcessPoolExecutor, w: Workload) -> ServerFigures:
             dc.populate(user, w.messages)
         address = dc.imap_address
         figures.notes.append("maildir, imapd, one process per session")
+
+        def cpu() -> float:
+            return _group_cpu_seconds(dc.pid)
+
         if "mix" in w.only:
-            figures.mix = run_mix(pool, address, users, w.seconds, False, w.sizes)
+            figures.mix = run_mix(pool, address, users, w.seconds, False, w.sizes, cpu)
         if "reconnect" in w.only:
-            figures.reconnect = run_mix(pool, address, users, w.seconds, True, w.sizes)
+            figures.reconnect = run_mix(pool, address, users, w.seconds, True, w.sizes, cpu)
         if "idle" in w.only:
             for user in idle_users:
                 dc.populate(user, w.messages[:10])
@@ -663,14 +693,19 @@ def _mix_rows(title: str, servers: list[ServerFigures], attr: str) -> None:
     if not reports:
         return
     print(f"\n{title}")
-    rows: list[tuple[str, ...]] = [("server", "commands/s", "commands", "seconds", "errors")]
+    rows: list[tuple[str, ...]] = [
+        ("server", "commands/s", "commands", "seconds", "server CPU s", "CPU ms/command", "errors")
+    ]
     for name, r in reports:
+        cpu = r.server_cpu
         rows.append(
             (
                 name,
                 f"{r.commands / r.seconds:.0f}",
                 str(r.commands),
                 f"{r.seconds:.1f}",
+                "?" if cpu is None else f"{cpu:.1f}",
+                "?" if cpu is None else f"{cpu / max(r.commands, 1) * 1e3:.2f}",
                 "; ".join(r.errors[:2]) or "0",
             )
         )

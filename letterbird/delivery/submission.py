@@ -50,6 +50,8 @@ MAX_FROM_ADDRESSES = 100
 #   field-name = 1*ftext ; ftext = %d33-57 / %d59-126
 _FIELD_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _CRLF = b"\r\n"
+#: Identities remembers this many answers (per session), then starts over.
+_MAX_ANSWERS = 64
 
 
 class Identities:
@@ -62,6 +64,9 @@ class Identities:
             key = self._key(address)
             if key is not None:
                 self._keys.add(key)
+        # Answers already given: a session asks about the same sender at every MAIL and
+        # From: (parsing and IDNA-normalising an address each time is the costly part).
+        self._answers: dict[str, bool] = {}
 
     def _key(self, address: str) -> tuple[str, str] | None:
         try:
@@ -72,8 +77,15 @@ class Identities:
     def __contains__(self, address: object) -> bool:
         if not isinstance(address, str) or not address:
             return False
+        known = self._answers.get(address)
+        if known is not None:
+            return known
         key = self._key(address)
-        return key is not None and key in self._keys
+        found = key is not None and key in self._keys
+        if len(self._answers) >= _MAX_ANSWERS:
+            self._answers.clear()
+        self._answers[address] = found
+        return found
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -128,26 +140,28 @@ class HeaderFixer:
             return b""
         if not self._in_header:
             return data
-        self._pending += data
-        out = bytearray()
+        buf = bytes(self._pending) + data if self._pending else data
+        pos = 0
+        out: list[bytes] = []
         while self._in_header:
-            end = self._pending.find(b"\n")
+            end = buf.find(b"\n", pos)
             if end < 0:
                 break
-            line = bytes(self._pending[: end + 1])
-            del self._pending[: end + 1]
-            out += self._header_line(line)
+            out.append(self._header_line(buf[pos : end + 1]))
+            pos = end + 1
             if self.too_large:
-                self._pending.clear()
+                self._pending = bytearray()
                 return b""
+        rest = buf[pos:]
         if self._in_header:
-            if self._size + len(self._pending) > self._limit:
+            if self._size + len(rest) > self._limit:
                 self._overflow()
                 return b""
-            return bytes(out)
-        out += self._pending  # the start of the body
+            self._pending = bytearray(rest)
+            return b"".join(out)
         self._pending = bytearray()
-        return bytes(out)
+        out.append(rest)  # the start of the body
+        return b"".join(out)
 
     def finish(self) -> bytes:
         """The end of the message: the rest of the output (the header, if it never ended)."""

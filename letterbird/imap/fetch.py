@@ -36,11 +36,16 @@ Section semantics (§6.4.5), with what Dovecot 2.3 answers where the RFC is sile
 Body values are always literals (RFC 3501 ``literal = "{" number "}" CRLF *CHAR8`` with
 ``CHAR8 = %x01-ff``): a NUL octet in a stored message is sent as 0x80, which keeps every size
 and offset unchanged (Dovecot does the same). ``INTERNALDATE`` is rendered in UTC.
+
+Cost: an attribute list is compiled once per command (:class:`Renderer`); ENVELOPE, BODY and
+BODYSTRUCTURE are taken from the caller's per-blob memo when it has them (encoded once per
+message content, not per FETCH); FLAGS and INTERNALDATE items are formatted once per distinct
+flag set and date (small bounded tables).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -52,7 +57,7 @@ from letterbird.proto.imap import encoder
 from letterbird.proto.imap.fetchatt import FetchAtt, Section
 from letterbird.proto.imap.structure import encode_bodystructure, encode_envelope
 
-__all__ = ["FetchPlan", "byte_range", "plan", "render"]
+__all__ = ["FetchPlan", "Renderer", "byte_range", "plan", "render"]
 
 _STRUCTURE_ATTS: Final = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
 _BLOB_ATTS: Final = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
@@ -88,7 +93,10 @@ def byte_range(atts: Sequence[FetchAtt], info: MessageInfo | None) -> tuple[int,
     Without ``info`` only items that need no structure can be narrowed, so anything that needs
     bytes gives ``(0, None)``.
     """
-    compiled = _compiled_for(atts)
+    return _byte_range(_compiled_for(atts), info)
+
+
+def _byte_range(compiled: _Compiled, info: MessageInfo | None) -> tuple[int, int | None]:
     if not compiled.plan.needs_blob:
         return 0, 0
     if info is None:
@@ -118,6 +126,7 @@ def render(
     info: MessageInfo | None,
     blob: bytes | None,
     blob_start: int = 0,
+    memo: MutableMapping[str, object] | None = None,
 ) -> list[bytes]:
     """The encoded ``label SP value`` items for one message, in request order, each label once.
 
@@ -127,13 +136,53 @@ def render(
     :func:`plan` says; ``blob`` may be the range :func:`byte_range` named, starting at offset
     ``blob_start`` of the message.
 
+    ``memo`` (with ``info``) holds values derived from that structure, kept by the caller
+    between commands (its structure cache): the encoded ``ENVELOPE``, ``BODY`` and
+    ``BODYSTRUCTURE`` items are taken from it, or encoded once and stored there.
+
     Raises ValueError when an item needs structure or bytes that were not passed (a session
     bug, not a client error). When only ``info`` is missing but the whole message is at hand
     the message is parsed here, so a damaged cached structure still gets an answer.
     """
     compiled = _compiled_for(atts)
     ctx = _Message(uid, flags, internaldate, size, modseq, info, blob, blob_start)
+    if memo is not None and info is not None:
+        ctx.memo = memo
     return [item(ctx) for item in compiled.items]
+
+
+class Renderer:
+    """:func:`plan`, :func:`byte_range` and :func:`render` for one attribute list, compiled
+    once: a FETCH renders the same list for every message."""
+
+    __slots__ = ("_compiled", "_items", "plan")
+
+    def __init__(self, atts: Sequence[FetchAtt]) -> None:
+        self._compiled = _compile(tuple(atts))
+        self._items = self._compiled.items
+        self.plan = self._compiled.plan
+
+    def byte_range(self, info: MessageInfo | None) -> tuple[int, int | None]:
+        """As :func:`byte_range`."""
+        return _byte_range(self._compiled, info)
+
+    def render(
+        self,
+        uid: int,
+        flags: Iterable[str],
+        internaldate: float,
+        size: int,
+        modseq: int,
+        info: MessageInfo | None,
+        blob: bytes | None,
+        blob_start: int = 0,
+        memo: MutableMapping[str, object] | None = None,
+    ) -> list[bytes]:
+        """As :func:`render`."""
+        ctx = _Message(uid, flags, internaldate, size, modseq, info, blob, blob_start)
+        if memo is not None and info is not None:
+            ctx.memo = memo
+        return [item(ctx) for item in self._items]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +190,17 @@ def render(
 
 
 class _Message:
-    __slots__ = ("_info", "blob", "blob_start", "flags", "internaldate", "modseq", "size", "uid")
+    __slots__ = (
+        "_info",
+        "blob",
+        "blob_start",
+        "flags",
+        "internaldate",
+        "memo",
+        "modseq",
+        "size",
+        "uid",
+    )
 
     def __init__(
         self,
@@ -162,6 +221,19 @@ class _Message:
         self._info = info
         self.blob = blob
         self.blob_start = blob_start
+        self.memo: MutableMapping[str, object] | None = None
+
+    def memoised(self, name: str, encode: Callable[[MessageInfo], bytes]) -> bytes:
+        """The item ``name`` encoded from the structure, through the memo when there is one."""
+        memo = self.memo
+        if memo is None:
+            return encode(self.info)
+        found = memo.get(name)
+        if isinstance(found, bytes):
+            return found
+        item = encode(self.info)
+        memo[name] = item
+        return item
 
     @property
     def info(self) -> MessageInfo:
@@ -278,13 +350,40 @@ def _flag_order(flag: str) -> tuple[bool, str]:
     return (not flag.startswith("\\"), flag)
 
 
+_FLAG_ITEMS: dict[frozenset[str], bytes] = {}
+_MAX_FLAG_ITEMS: Final = 1024
+
+
 def _flags(m: _Message) -> bytes:
-    return b"FLAGS " + encoder.flag_list(sorted(m.flags, key=_flag_order))
+    flags = m.flags
+    if isinstance(flags, frozenset):  # few distinct sets exist: each is encoded once
+        item = _FLAG_ITEMS.get(flags)
+        if item is None:
+            if len(_FLAG_ITEMS) >= _MAX_FLAG_ITEMS:
+                _FLAG_ITEMS.clear()
+            item = _FLAG_ITEMS[flags] = _encode_flags(flags)
+        return item
+    return _encode_flags(flags)
+
+
+def _encode_flags(flags: Iterable[str]) -> bytes:
+    return b"FLAGS " + encoder.flag_list(sorted(flags, key=_flag_order))
+
+
+_DATE_ITEMS: dict[float, bytes] = {}
+_MAX_DATE_ITEMS: Final = 8192
 
 
 def _internaldate(m: _Message) -> bytes:
-    when = datetime.fromtimestamp(m.internaldate, UTC)
-    return b"INTERNALDATE " + encoder.internaldate(when)
+    # Clients fetch the same messages' dates again and again (every resync of a window):
+    # each is formatted once while it stays among the last few thousand.
+    item = _DATE_ITEMS.get(m.internaldate)
+    if item is None:
+        if len(_DATE_ITEMS) >= _MAX_DATE_ITEMS:
+            _DATE_ITEMS.clear()
+        when = datetime.fromtimestamp(m.internaldate, UTC)
+        item = _DATE_ITEMS[m.internaldate] = b"INTERNALDATE " + encoder.internaldate(when)
+    return item
 
 
 def _rfc822_size(m: _Message) -> bytes:
@@ -295,16 +394,28 @@ def _modseq(m: _Message) -> bytes:
     return b"MODSEQ (%d)" % m.modseq
 
 
+def _encode_envelope(info: MessageInfo) -> bytes:
+    return b"ENVELOPE " + encode_envelope(info.envelope)
+
+
+def _encode_body(info: MessageInfo) -> bytes:
+    return b"BODY " + encode_bodystructure(info.body, extensible=False)
+
+
+def _encode_bodystructure(info: MessageInfo) -> bytes:
+    return b"BODYSTRUCTURE " + encode_bodystructure(info.body, extensible=True)
+
+
 def _envelope(m: _Message) -> bytes:
-    return b"ENVELOPE " + encode_envelope(m.info.envelope)
+    return m.memoised("ENVELOPE", _encode_envelope)
 
 
 def _body(m: _Message) -> bytes:
-    return b"BODY " + encode_bodystructure(m.info.body, extensible=False)
+    return m.memoised("BODY", _encode_body)
 
 
 def _bodystructure(m: _Message) -> bytes:
-    return b"BODYSTRUCTURE " + encode_bodystructure(m.info.body, extensible=True)
+    return m.memoised("BODYSTRUCTURE", _encode_bodystructure)
 
 
 _SIMPLE: Final[dict[str, _Item]] = {

@@ -2,10 +2,14 @@
 
 Pure code, no storage and no I/O. The session parses the program once
 (:func:`letterbird.proto.imap.search.parse_search`), asks :func:`needs` whether the keys need the
-cached structure and/or the message bytes, loads exactly that for the candidate messages with
-one storage query, and calls :func:`matches` per message. The key tree is compiled once into
-nested closures (cached), so evaluating ``1:*`` costs one call chain per message; lazily computed
-per-message values (header fields, decoded text) are shared by every key that asks for them.
+cached structure and/or the message bytes, loads exactly that for the candidate messages, and
+evaluates each message with a :class:`Searcher` (one reused context per command; :func:`matches`
+is the same for one message). The key tree is compiled once into nested closures (cached), so
+evaluating ``1:*`` costs one call chain per message; lazily computed per-message values (header
+fields, decoded text) are shared by every key that asks for them, and kept in the caller's
+per-blob :data:`Memo` for the next command, where they stand in for the bytes
+(:func:`blob_range` then asks for none). A program that needs only envelope fields takes the
+envelope alone (:attr:`Searcher.envelope_only`), which is much cheaper to decode.
 
 Semantics (RFC 3501 §6.4.4, with Dovecot 2.3's answers where the RFC leaves room; the expected
 results are recorded in ``tests/imap/test_search.py``):
@@ -33,14 +37,21 @@ results are recorded in ``tests/imap/test_search.py``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from datetime import date
 from email.utils import parsedate_tz
 from functools import lru_cache
 from typing import Final
 
-from letterbird.mime import DEFAULT_LIMITS, BodyPart, MessageInfo, decode_words, parse_message
+from letterbird.mime import (
+    DEFAULT_LIMITS,
+    BodyPart,
+    Envelope,
+    MessageInfo,
+    decode_words,
+    parse_message,
+)
 from letterbird.mime.address import display_addresses, parse_addresses
 from letterbird.mime.charsets import decode_text
 from letterbird.mime.headers import header_section_end, parse_fields, strip_comments
@@ -62,7 +73,7 @@ from letterbird.proto.imap.search import (
     UidKey,
 )
 
-__all__ = ["SearchMessage", "blob_range", "matches", "needs"]
+__all__ = ["Memo", "SearchMessage", "Searcher", "blob_range", "matches", "needs"]
 
 _EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 _SECONDS_PER_DAY: Final = 86400
@@ -95,12 +106,30 @@ def needs(key: SearchKey) -> tuple[bool, bool]:
     return _compile(key).needs
 
 
-def blob_range(key: SearchKey, info: MessageInfo | None) -> tuple[int, int | None]:
+Memo = MutableMapping[str, object]
+"""Values derived from one message's immutable content, kept between commands by the caller
+(the session's structure cache, keyed by blob hash). The evaluator stores what it decoded
+there (``e:<field>``/``h:<field>``: casefolded values of a header field taken from the
+envelope or from the bytes; ``body``/``headers``: the casefolded text BODY/TEXT search) and
+uses it instead of decoding again. The mapping may decline to keep a value."""
+
+
+def blob_range(
+    key: SearchKey, info: MessageInfo | None, memo: Memo | None = None
+) -> tuple[int, int | None]:
     """The bytes of the message :func:`matches` needs: ``(0, 0)`` none, ``(0, header_end)`` when
     only header fields are searched and ``info`` tells where the header ends, else ``(0, None)``
-    (the whole message). Pass exactly those bytes as ``blob``."""
-    compiled = _compile(key)
+    (the whole message). Pass exactly those bytes as ``blob``. With a ``memo`` that already
+    holds everything the key would decode from the bytes, nothing is needed."""
+    return _blob_range(_compile(key), info, memo)
+
+
+def _blob_range(
+    compiled: _Compiled, info: MessageInfo | None, memo: Memo | None
+) -> tuple[int, int | None]:
     if not compiled.needs[1]:
+        return 0, 0
+    if memo is not None and all(k in memo for k in compiled.memo_keys):
         return 0, 0
     if compiled.header_only and info is not None:
         return 0, info.body.body_start
@@ -122,7 +151,74 @@ def matches(
     keys fall back to the envelope, BODY/TEXT without bytes match nothing.
     """
     compiled = _compiled_for(key)
-    return compiled.predicate(_Context(msg, blob, largest_seq, largest_uid, compiled.fields))
+    ctx = _Context(largest_seq, largest_uid, compiled.fields)
+    ctx.load(msg.seq, msg.uid, msg.flags, msg.recent, msg.internaldate, msg.size, msg.modseq)
+    ctx.content(msg.info, None, blob, blob is not None)
+    return compiled.predicate(ctx)
+
+
+class Searcher:
+    """One search program evaluated over many messages (one SEARCH command).
+
+    The same as :func:`matches` per message, without building a :class:`SearchMessage` and a
+    context for each: one context is reused, so a message costs one call. Use
+    :meth:`matches_state` when :attr:`needs_record` is False (flag, sequence and UID keys),
+    else :meth:`matches` with what storage said and, when :attr:`needs_structure` and
+    :attr:`needs_bytes` say so, the cached structure, its ``memo`` and the bytes
+    :meth:`blob_range` names. When :attr:`envelope_only`, the structure is needed for the
+    envelope's header fields only: pass the ``envelope`` instead of ``info``.
+    """
+
+    __slots__ = (
+        "_compiled",
+        "_ctx",
+        "envelope_only",
+        "needs_bytes",
+        "needs_record",
+        "needs_structure",
+    )
+
+    def __init__(self, key: SearchKey, *, largest_seq: int, largest_uid: int) -> None:
+        compiled = _compile(key)
+        self._compiled = compiled
+        self._ctx = _Context(largest_seq, largest_uid, compiled.fields)
+        self.needs_structure, self.needs_bytes = compiled.needs
+        self.needs_record = compiled.needs_record
+        self.envelope_only = compiled.envelope_only
+
+    def blob_range(self, info: MessageInfo | None, memo: Memo | None) -> tuple[int, int | None]:
+        """As :func:`blob_range` for this program."""
+        return _blob_range(self._compiled, info, memo)
+
+    def matches_state(self, seq: int, uid: int, flags: frozenset[str], recent: bool) -> bool:
+        """A message, for a program that looks at nothing but flags, numbers and UIDs."""
+        ctx = self._ctx
+        ctx.seq = seq
+        ctx.uid = uid
+        ctx.flags = flags
+        ctx.recent = recent
+        return self._compiled.predicate(ctx)
+
+    def matches(
+        self,
+        seq: int,
+        uid: int,
+        flags: frozenset[str],
+        recent: bool,
+        internaldate: float,
+        size: int,
+        modseq: int,
+        info: MessageInfo | None,
+        memo: Memo | None,
+        blob: bytes | None,
+        envelope: Envelope | None = None,
+    ) -> bool:
+        """A message; ``blob`` is what :meth:`blob_range` named (None when it said nothing);
+        ``envelope`` stands in for ``info`` when :attr:`envelope_only`."""
+        ctx = self._ctx
+        ctx.load(seq, uid, flags, recent, internaldate, size, modseq)
+        ctx.content(info, memo, blob, self.needs_bytes, envelope)
+        return self._compiled.predicate(ctx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,30 +228,69 @@ def matches(
 class _Context:
     __slots__ = (
         "_body",
+        "_envelope",
         "_fields",
         "_headers",
         "_info",
         "blob",
+        "flags",
+        "from_bytes",
+        "internaldate",
         "largest_seq",
         "largest_uid",
-        "msg",
+        "memo",
+        "modseq",
+        "recent",
+        "seq",
+        "size",
+        "uid",
         "wanted",
     )
 
-    def __init__(
-        self,
-        msg: SearchMessage,
-        blob: bytes | None,
-        largest_seq: int,
-        largest_uid: int,
-        wanted: frozenset[str],
-    ) -> None:
-        self.msg = msg
-        self.wanted = wanted
-        self.blob = blob
+    def __init__(self, largest_seq: int, largest_uid: int, wanted: frozenset[str]) -> None:
         self.largest_seq = largest_seq
         self.largest_uid = largest_uid
-        self._info = msg.info
+        self.wanted = wanted
+        self.seq = self.uid = self.size = self.modseq = 0
+        self.internaldate = 0.0
+        self.flags: frozenset[str] = frozenset()
+        self.recent = False
+        self.content(None, None, None, False)
+
+    def load(
+        self,
+        seq: int,
+        uid: int,
+        flags: frozenset[str],
+        recent: bool,
+        internaldate: float,
+        size: int,
+        modseq: int,
+    ) -> None:
+        self.seq = seq
+        self.uid = uid
+        self.flags = flags
+        self.recent = recent
+        self.internaldate = internaldate
+        self.size = size
+        self.modseq = modseq
+
+    def content(
+        self,
+        info: MessageInfo | None,
+        memo: Memo | None,
+        blob: bytes | None,
+        from_bytes: bool,
+        envelope: Envelope | None = None,
+    ) -> None:
+        """The message's structure (or only its ``envelope``), memo and bytes.
+        ``from_bytes``: header fields are the ones written in the bytes (from ``blob``, or
+        from ``memo`` when it holds them all); otherwise the cached envelope's."""
+        self._info = info
+        self._envelope = envelope if info is None else info.envelope
+        self.memo = memo
+        self.blob = blob
+        self.from_bytes = from_bytes
         self._fields: dict[str, list[str]] | None = None
         self._body: str | None = None
         self._headers: str | None = None
@@ -164,7 +299,7 @@ class _Context:
     def info(self) -> MessageInfo | None:
         """The structure; parsed from the bytes when the session passed the whole message but
         no structure."""
-        if self._info is None and self.blob is not None and len(self.blob) == self.msg.size:
+        if self._info is None and self.blob is not None and len(self.blob) == self.size:
             self._info = parse_message(self.blob)
         return self._info
 
@@ -180,27 +315,61 @@ class _Context:
             if self._fields is None:
                 self._fields = _header_fields(self.blob, self._info, self.wanted)
             return self._fields.get(name, [])
-        info = self._info
-        if info is None or name not in _ENVELOPE_FIELDS:
+        envelope = self._envelope
+        if envelope is None or name not in _ENVELOPE_FIELDS:
             return None
-        return _envelope_field(info, name)
+        return _envelope_field(envelope, name)
+
+    def folded(self, name: str) -> list[str] | None:
+        """:meth:`field`, casefolded, through the memo."""
+        memo = self.memo
+        key = ("h:" if self.from_bytes else "e:") + name
+        if memo is not None:
+            found = memo.get(key)
+            if isinstance(found, list):
+                return found
+        if self.from_bytes and self.blob is None:
+            return None
+        values = self.field(name)
+        if values is None:
+            return None
+        folded = [v.casefold() for v in values]
+        if memo is not None:
+            memo[key] = folded
+        return folded
 
     def body_text(self) -> str | None:
         """Casefolded decoded text of the text parts, or None without bytes and structure."""
         if self._body is None:
+            memo = self.memo
+            if memo is not None:
+                found = memo.get("body")
+                if isinstance(found, str):
+                    self._body = found
+                    return found
             info = self.info
             if self.blob is None or info is None:
                 return None
             self._body = "\n".join(_body_texts(self.blob, info.body)).casefold()
+            if memo is not None:
+                memo["body"] = self._body
         return self._body
 
     def header_text(self) -> str:
         """Casefolded decoded text of every header section (TEXT's other half); only after
-        :meth:`body_text` found the bytes and the structure."""
+        :meth:`body_text` found the bytes and the structure (or the memo held both texts)."""
         if self._headers is None:
-            blob, info = self.blob, self._info
+            memo = self.memo
+            if memo is not None:
+                found = memo.get("headers")
+                if isinstance(found, str):
+                    self._headers = found
+                    return found
+            blob, info = self.blob, self.info
             assert blob is not None and info is not None
             self._headers = "\n".join(_header_texts(blob, info.body)).casefold()
+            if memo is not None:
+                memo["headers"] = self._headers
         return self._headers
 
 
@@ -235,8 +404,7 @@ def _header_fields(
     return out
 
 
-def _envelope_field(info: MessageInfo, name: str) -> list[str]:
-    env = info.envelope
+def _envelope_field(env: Envelope, name: str) -> list[str]:
     if name in _ADDRESS_FIELDS:
         addresses = {"from": env.from_, "to": env.to, "cc": env.cc, "bcc": env.bcc}[name]
         return [display_addresses(list(addresses))] if addresses else []
@@ -306,6 +474,9 @@ class _Compiled:
     fields: frozenset[str]  # lowercase names of the header fields the keys look at
     needs: tuple[bool, bool]
     header_only: bool  # the bytes are needed for header fields only
+    needs_record: bool  # anything beyond flags, sequence numbers and UIDs
+    memo_keys: tuple[str, ...]  # memo entries that stand in for the bytes
+    envelope_only: bool  # the structure is needed for envelope fields only
 
 
 _last: tuple[object, _Compiled] | None = None
@@ -327,7 +498,28 @@ def _compiled_for(key: SearchKey) -> _Compiled:
 def _compile(key: SearchKey) -> _Compiled:
     wanted = frozenset(_header_names(key))
     structure, blob, header_only = _needs(key)
-    return _Compiled(_predicate(key), wanted, (structure, blob), header_only)
+    record = any(not isinstance(k, _STATE_KEYS) for k in _walk(key))
+    header_keys = {k.name.lower() for k in _walk(key) if isinstance(k, HeaderKey)}
+    memo_keys: list[str] = [f"h:{name}" for name in sorted(header_keys)]
+    if any(isinstance(k, BodyKey | TextKey) for k in _walk(key)):
+        memo_keys.append("body")
+    if any(isinstance(k, TextKey) for k in _walk(key)):
+        memo_keys.append("headers")
+    sent = any(isinstance(k, DateKey) and k.field == "sent" for k in _walk(key))
+    envelope_only = structure and not blob and not sent
+    return _Compiled(
+        _predicate(key),
+        wanted,
+        (structure, blob),
+        header_only,
+        record,
+        tuple(memo_keys),
+        envelope_only,
+    )
+
+
+# Keys answered from the session's state alone (and the combinators).
+_STATE_KEYS: Final = (All, FlagKey, SeqSetKey, UidKey, Not, Or, And)
 
 
 def _walk(key: SearchKey) -> Iterator[SearchKey]:
@@ -382,13 +574,13 @@ def _predicate(key: SearchKey) -> _Predicate:
         return _size_predicate(key)
     if isinstance(key, SeqSetKey):
         seqset = key.seqset
-        return lambda c: seqset.contains(c.msg.seq, c.largest_seq)
+        return lambda c: seqset.contains(c.seq, c.largest_seq)
     if isinstance(key, UidKey):
         uids = key.uids
-        return lambda c: uids.contains(c.msg.uid, c.largest_uid)
+        return lambda c: uids.contains(c.uid, c.largest_uid)
     if isinstance(key, ModSeqKey):
         modseq = key.modseq
-        return lambda c: c.msg.modseq >= modseq
+        return lambda c: c.modseq >= modseq
     if isinstance(key, Not):
         inner = _predicate(key.key)
         return lambda c: not inner(c)
@@ -419,13 +611,13 @@ def _cheap_first(keys: tuple[SearchKey, ...]) -> list[SearchKey]:
 def _flag_predicate(key: FlagKey) -> _Predicate:
     flag, present = key.flag, key.present
     if flag == "\\Recent":
-        return lambda c: c.msg.recent is present
+        return lambda c: c.recent is present
     if flag.startswith("\\"):
-        return lambda c: (flag in c.msg.flags) is present
+        return lambda c: (flag in c.flags) is present
     folded = flag.casefold()
 
     def has_keyword(c: _Context) -> bool:
-        flags = c.msg.flags
+        flags = c.flags
         found = flag in flags or any(f.casefold() == folded for f in flags)
         return found is present
 
@@ -437,10 +629,12 @@ def _header_predicate(key: HeaderKey) -> _Predicate:
     needle = key.value.casefold()
 
     def header_matches(c: _Context) -> bool:
-        values = c.field(name)
+        values = c.folded(name)
         if not values:
             return False
-        return any(needle in v.casefold() for v in values)
+        if len(values) == 1:  # the usual case: the field once
+            return needle in values[0]
+        return any(needle in v for v in values)
 
     return header_matches
 
@@ -472,12 +666,12 @@ def _date_predicate(key: DateKey) -> _Predicate:
         return ordinal >= day
 
     if key.field == "internal":
-        return lambda c: compare(_EPOCH_ORDINAL + int(c.msg.internaldate // _SECONDS_PER_DAY))
+        return lambda c: compare(_EPOCH_ORDINAL + int(c.internaldate // _SECONDS_PER_DAY))
     return lambda c: compare(_sent_ordinal(c))
 
 
 def _size_predicate(key: SizeKey) -> _Predicate:
     size = key.size
     if key.op == "larger":
-        return lambda c: c.msg.size > size
-    return lambda c: c.msg.size < size
+        return lambda c: c.size > size
+    return lambda c: c.size < size

@@ -25,6 +25,12 @@ persisted: after a server restart the first session to select a mailbox sees all
 as ``\\Recent`` (no session of the new process has been notified of them), which RFC 3501
 permits and which costs no storage write per SELECT. A session's recent messages are kept as a
 few UID ranges, so a 100,000-message mailbox costs two integers, not a set.
+
+Bulk paths for big mailboxes: sets resolve to index ranges (:meth:`SelectedMailbox.positions`),
+flags of many messages are looked up at C speed (:meth:`SelectedMailbox.client_flags_list`), a
+second SELECT of the same mailbox copies this view (:meth:`SelectedMailbox.reopened`), and the
+session's own APPEND joins the view without asking storage when no other message can have
+arrived before it (:meth:`SelectedMailbox.appended`).
 """
 
 from __future__ import annotations
@@ -110,6 +116,14 @@ def sort_flags(flags: Iterable[str]) -> list[str]:
     return sorted(flags, key=_flag_order)
 
 
+def _keywords_of(distinct: Iterable[frozenset[str]]) -> frozenset[str]:
+    """The keywords (flags not starting with a backslash) in some flag sets."""
+    out: set[str] = set()
+    for flags in distinct:
+        out.update(flags)
+    return frozenset(f for f in out if not f.startswith("\\"))
+
+
 class SelectedMailbox:
     """The view one session has of its selected mailbox (see the module docstring).
 
@@ -131,15 +145,54 @@ class SelectedMailbox:
         readonly: bool,
         tracker: RecentTracker,
     ) -> None:
+        if len(_INTERNED) >= _MAX_INTERNED:
+            _INTERNED.clear()
+        share = _INTERNED.setdefault  # equal flag sets become one object
+        flags = {uid: share(f, f) for uid, _, f in messages if uid < uidnext}
+        if len(_INTERNED) > _MAX_INTERNED:  # a mailbox with very many distinct sets
+            _INTERNED.clear()
+        self._setup(mailbox_id, uidvalidity, uidnext, highestmodseq, flags, readonly, tracker)
+
+    def reopened(self, uidnext: int, *, readonly: bool, tracker: RecentTracker) -> SelectedMailbox:
+        """A new view of the same mailbox (SELECT or EXAMINE of it again), built from what
+        this view knows of storage (call :meth:`apply_changes` with what changed first):
+        every message not expunged, the ones not yet announced included, as a new view built
+        from storage's list would hold them. ``uidnext`` is what the mailbox row says."""
+        gone = self._gone
+        if gone:
+            flags = {u: f for u, f in self._flags.items() if u not in gone}
+        else:
+            flags = dict(self._flags)
+        view = SelectedMailbox.__new__(SelectedMailbox)
+        view._setup(
+            self.mailbox_id,
+            self.uidvalidity,
+            max(uidnext, self.uidnext),
+            self.highestmodseq,
+            flags,
+            readonly,
+            tracker,
+        )
+        return view
+
+    def _setup(
+        self,
+        mailbox_id: int,
+        uidvalidity: int,
+        uidnext: int,
+        highestmodseq: int,
+        flags: dict[int, frozenset[str]],
+        readonly: bool,
+        tracker: RecentTracker,
+    ) -> None:
         self.mailbox_id = mailbox_id
         self.uidvalidity = uidvalidity
         self.readonly = readonly
         self.highestmodseq = highestmodseq
         self._uidnext = uidnext
         self._tracker = tracker
-        rows = [m for m in messages if m[0] < uidnext]
-        self._uids: list[int] = sorted([m[0] for m in rows])
-        self._flags: dict[int, frozenset[str]] = {m[0]: _intern(m[2]) for m in rows}
+        self._uids: list[int] = sorted(flags)
+        self._flags: dict[int, frozenset[str]] = flags
         self._gone: set[int] = set()  # ghosts: expunged in storage, still in the view
         self._new: list[int] = []  # in storage, not yet announced by EXISTS (ascending)
         self._changed: set[int] = set()  # in the view, flags changed and not yet reported
@@ -147,7 +200,7 @@ class SelectedMailbox:
         self._with_recent: dict[frozenset[str], frozenset[str]] = {}
         if self._uids:
             self._mark_recent(self._uids[-1])
-        self._keywords: frozenset[str] = self._keywords_in(self._uids)
+        self._keywords: frozenset[str] = _keywords_of(set(flags.values()))
 
     # -- the view ---------------------------------------------------------------------------
 
@@ -189,7 +242,9 @@ class SelectedMailbox:
 
     def is_recent(self, uid: int) -> bool:
         recent = self._recent
-        if len(recent) == 1:  # the usual case: one range
+        if not recent:  # the usual case: none, or one range
+            return False
+        if len(recent) == 1:
             return recent[0][0] < uid <= recent[0][1]
         return any(after < uid <= upto for after, upto in recent)
 
@@ -209,12 +264,31 @@ class SelectedMailbox:
         flags = self._flags.get(uid, _EMPTY)
         if not self.is_recent(uid):
             return flags
+        return self._with_recent_flag(flags)
+
+    def _with_recent_flag(self, flags: frozenset[str]) -> frozenset[str]:
         shown = self._with_recent.get(flags)
         if shown is None:  # few distinct flag sets exist: build each once
             if len(self._with_recent) > 1024:
                 self._with_recent.clear()
             shown = self._with_recent[flags] = flags | {RECENT}
         return shown
+
+    def flag_sets(self, uids: Iterable[int]) -> set[frozenset[str]]:
+        """The distinct stored flag sets of ``uids`` (all in the view)."""
+        return set(map(self._flags.__getitem__, uids))
+
+    def client_flags_list(self, uids: Sequence[int]) -> list[frozenset[str]]:
+        """:meth:`client_flags` of ``uids`` (ascending, all in the view), at C speed: one
+        lookup each, and the recent ones found by bisection."""
+        out = list(map(self._flags.__getitem__, uids))
+        for after, upto in self._recent:
+            lo = bisect_right(uids, after)
+            hi = bisect_right(uids, upto, lo)
+            if lo < hi:
+                known, add = self._with_recent.get, self._with_recent_flag
+                out[lo:hi] = [known(f) or add(f) for f in out[lo:hi]]
+        return out
 
     def first_unseen(self) -> int | None:
         """Sequence number of the first message without ``\\Seen`` (for ``[UNSEEN n]``)."""
@@ -229,23 +303,33 @@ class SelectedMailbox:
         """``(seq, uid)`` pairs of a message-sequence set, ascending; None when the set names
         a message that does not exist (a number above EXISTS, or ``*`` in an empty mailbox),
         which the caller answers with ``BAD`` (RFC 9051 §6.4.5: only existing numbers)."""
+        positions = self.positions(seqset, uid=False)
+        return None if positions is None else self._pairs(positions)
+
+    def positions(self, seqset: SequenceSet, *, uid: bool) -> list[tuple[int, int]] | None:
+        """The index ranges ``[start, stop)`` of the view (sequence number = index + 1) that a
+        UID set or a message-sequence set names, ascending; None as :meth:`resolve_seqs`."""
+        if uid:
+            return seqset.positions(self._uids)
         count = len(self._uids)
         if count == 0 and seqset.uses_star:
             return None
         ranges = seqset.resolve(count)
         if not ranges or ranges[-1][1] > count:
             return None
+        return [(lo - 1, hi) for lo, hi in ranges]
+
+    def _pairs(self, positions: list[tuple[int, int]]) -> list[tuple[int, int]]:
         uids = self._uids
-        return [(seq, uids[seq - 1]) for lo, hi in ranges for seq in range(lo, hi + 1)]
+        out: list[tuple[int, int]] = []
+        for start, stop in positions:
+            out.extend(zip(range(start + 1, stop + 1), uids[start:stop], strict=True))
+        return out
 
     def resolve_uids(self, uidset: SequenceSet) -> list[tuple[int, int]]:
         """``(seq, uid)`` pairs of a UID set, ascending; UIDs not in the view are ignored
         (RFC 3501 §6.4.8), and ``*`` is the highest UID in the view."""
-        out: list[tuple[int, int]] = []
-        uids = self._uids
-        for start, stop in uidset.positions(uids):
-            out.extend((i + 1, uids[i]) for i in range(start, stop))
-        return out
+        return self._pairs(uidset.positions(self._uids))
 
     def search_bounds(self) -> tuple[int, int]:
         """``(largest_seq, largest_uid)``: what ``*`` means in a SEARCH."""
@@ -278,11 +362,23 @@ class SelectedMailbox:
         if fresh:
             fresh.sort()
             self._new.extend(fresh)
+            self._uidnext = max(self._uidnext, fresh[-1] + 1)
             self._mark_recent(fresh[-1])
         for uid in expunged:
             self._forget(uid)
         if highestmodseq > self.highestmodseq:
             self.highestmodseq = highestmodseq
+
+    def appended(self, uid: int, flags: frozenset[str]) -> bool:
+        """This session's own APPEND stored ``uid`` with ``flags``. When ``uid`` is the next
+        UID the view expects (:attr:`uidnext`), no other message can have been committed
+        before it unseen, so it joins the view as if storage had reported it (announced by the
+        next :meth:`updates`). Otherwise False: the caller must sync with storage, which also
+        reports the messages in between."""
+        if uid != self.uidnext:
+            return False
+        self.apply_changes([(uid, 0, flags)], (), self.highestmodseq)
+        return True
 
     def expunged(self, uids: Iterable[int]) -> None:
         """This session's own EXPUNGE/MOVE removed ``uids``."""
@@ -314,6 +410,11 @@ class SelectedMailbox:
         """The client was just sent ``uid``'s current flags: no separate update is owed."""
         self._changed.discard(uid)
 
+    def reported_all(self, uids: Iterable[int]) -> None:
+        """:meth:`reported` for many messages."""
+        if self._changed:
+            self._changed.difference_update(uids)
+
     def _mark_recent(self, highest: int) -> None:
         if self.readonly:
             after = self._tracker.claimed(self.key)
@@ -330,11 +431,7 @@ class SelectedMailbox:
     # -- responses ----------------------------------------------------------------------------
 
     def _keywords_in(self, uids: Iterable[int]) -> frozenset[str]:
-        distinct = {self._flags[u] for u in uids if u in self._flags}
-        out: set[str] = set()
-        for flags in distinct:
-            out.update(flags)
-        return frozenset(f for f in out if not f.startswith("\\"))
+        return _keywords_of({self._flags[u] for u in uids if u in self._flags})
 
     def flags_response(self) -> bytes:
         """``* FLAGS (...)`` and ``* OK [PERMANENTFLAGS (...)]`` (empty when read-only)."""

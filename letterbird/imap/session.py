@@ -28,8 +28,16 @@ Semantics decided here:
   ``fetch_messages`` call for the whole set, plus one ``read_blob`` per message of just the
   byte range the items need (:func:`letterbird.imap.fetch.byte_range`), and only when they need
   bytes. The implicit ``\\Seen`` of a non-PEEK body fetch is one ``store_flags`` call and the
-  new FLAGS are included in the FETCH responses. SEARCH is likewise one query (none for flag,
-  sequence and UID keys).
+  new FLAGS are included in the FETCH responses. SEARCH on flag, sequence and UID keys costs
+  no query; other keys one light ``fetch_meta`` query per :data:`SEARCH_BATCH` messages, plus
+  ``fetch_messages`` for the structures not cached and ``read_blob`` only where the memo
+  cannot stand in for the bytes. A second SELECT of the selected mailbox is one
+  ``changes_since`` query, and an APPEND to it none (:meth:`SelectedMailbox.appended`).
+* **Caches** (process-wide, keyed by blob hash, so never stale): :data:`INFO_CACHE` keeps
+  structures as stored, decoded when first needed (the envelope alone for SEARCH on
+  From/To/Subject), with a :class:`Memo` per message of what was derived from them: encoded
+  ENVELOPE/BODY/BODYSTRUCTURE items and casefolded header values and text for SEARCH. Its
+  budget (:data:`INFO_CACHE_BYTES`) counts the JSON and the memo values.
 * **Expunged messages** that the client has not yet been told about (another session expunged
   them during our FETCH/STORE/SEARCH, RFC 2180 §4.1) keep their sequence numbers; FETCH of
   their flags or UID is answered from memory, anything else omits them and the command ends
@@ -61,6 +69,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
 from typing import Final, Protocol
 
 from letterbird.directory.service import AuthOutcome, is_loopback
@@ -74,6 +83,7 @@ from letterbird.imap.selected import (
 )
 from letterbird.logs import event
 from letterbird.mime import MessageInfo, parse_message
+from letterbird.mime.structure import Envelope, envelope_from_json
 from letterbird.proto import sasl
 from letterbird.proto.imap import capabilities as caps
 from letterbird.proto.imap import encoder
@@ -96,16 +106,6 @@ from letterbird.proto.imap.parser import (
     SelectArgs,
     StatusArgs,
     StoreArgs,
-)
-from letterbird.proto.imap.search import (
-    All,
-    And,
-    FlagKey,
-    Not,
-    Or,
-    SearchKey,
-    SeqSetKey,
-    UidKey,
 )
 from letterbird.proto.imap.seqset import SequenceSet
 from letterbird.server.app import App, ConnectionInfo
@@ -132,8 +132,10 @@ __all__ = [
     "INFO_CACHE",
     "RECENT_SERVICE",
     "Action",
+    "CachedInfo",
     "ImapSession",
     "InfoCache",
+    "Memo",
     "Output",
     "State",
     "StateItems",
@@ -172,11 +174,17 @@ _FLAG_MODES: Final = {"replace": FlagMode.REPLACE, "add": FlagMode.ADD, "remove"
 _UID_ATT: Final = FetchAtt("UID")
 _FLAGS_ATT: Final = FetchAtt("FLAGS")
 _NO_EXPUNGE_DURING: Final = frozenset({"FETCH", "STORE", "SEARCH"})
+_OWN_KINDS: Final = (ChangeKind.FLAGS, ChangeKind.EXPUNGE, ChangeKind.APPEND)
+_REPLACES_VIEW: Final = frozenset({"SELECT", "EXAMINE"})  # no sync of the old view first
 _LINE_ENDS: Final = re.compile(rb"\r\n|\r|\n")
 _MAX_OWN: Final = 64
 INFO_CACHE_BYTES: Final = 4 * 1024 * 1024
-"""JSON octets of decoded message structures kept in memory (:class:`InfoCache`)."""
+"""JSON octets of message structures, plus the values derived from them, kept in memory
+(:class:`InfoCache`; a decoded structure takes a few times its JSON)."""
 _WRITE_BATCH: Final = 64 * 1024
+_STATE_BATCH: Final = 1024  # messages per write of a FETCH (UID FLAGS) answer
+SEARCH_BATCH: Final = 1024
+"""Messages a SEARCH that needs storage evaluates per query (bounds what one query returns)."""
 
 
 class Output(Protocol):
@@ -367,20 +375,6 @@ def _list_pattern(reference: str, pattern: str) -> str:
     return joined
 
 
-def _needs_record(key: SearchKey) -> bool:
-    """Whether evaluating ``key`` needs anything beyond flags, sequence numbers and UIDs
-    (dates, sizes, modseqs, header and body keys need the message records)."""
-    if isinstance(key, All | FlagKey | SeqSetKey | UidKey):
-        return False
-    if isinstance(key, Not):
-        return _needs_record(key.key)
-    if isinstance(key, Or):
-        return _needs_record(key.left) or _needs_record(key.right)
-    if isinstance(key, And):
-        return any(_needs_record(k) for k in key.keys)
-    return True
-
-
 def _expected_flags(before: frozenset[str], mode: str, flags: frozenset[str]) -> frozenset[str]:
     if mode == "add":
         return before | flags
@@ -407,13 +401,18 @@ class ImapSession:
         self._own: set[tuple[ChangeKind, int, frozenset[int]]] = set()
         self._sasl_tag: str | None = None
         self._idle_tag: str | None = None
+        self._loopback: bool | None = None  # the client address is loopback (computed once)
 
     # -- public API for the connection loop ------------------------------------------------
 
     @property
     def plaintext_ok(self) -> bool:
         """Whether LOGIN / AUTH=PLAIN may be used now."""
-        return self.tls or is_loopback(self.info.peer_host)
+        if self.tls:
+            return True
+        if self._loopback is None:
+            self._loopback = is_loopback(self.info.peer_host)
+        return self._loopback
 
     @property
     def authenticated(self) -> bool:
@@ -445,7 +444,7 @@ class ImapSession:
             )
             return Action.NONE
         try:
-            if self.selected is not None:
+            if self.selected is not None and cmd.name not in _REPLACES_VIEW:
                 await self._sync()
             done = await _HANDLERS[cmd.name](self, cmd)
             if done.status is None:
@@ -534,10 +533,10 @@ class ImapSession:
         sel = self.selected
         if sel is None or change.mailbox_id != sel.mailbox_id:
             return
-        if change.kind in (ChangeKind.FLAGS, ChangeKind.EXPUNGE):
-            # Our own STORE/EXPUNGE coming back: already applied, no query needed. Events of
-            # one mailbox arrive in commit order, so any earlier change by someone else has
-            # already marked the mailbox dirty.
+        if change.kind in _OWN_KINDS:
+            # Our own STORE/EXPUNGE/APPEND coming back: already applied, no query needed.
+            # Events of one mailbox arrive in commit order, so any earlier change by someone
+            # else has already marked the mailbox dirty.
             key = (
                 change.kind,
                 change.modseq if change.kind is ChangeKind.FLAGS else 0,
@@ -719,6 +718,7 @@ class ImapSession:
     async def _select(self, cmd: Command) -> _Done:
         args = cmd.args
         assert isinstance(args, SelectArgs)
+        previous = self.selected
         self._deselect()  # RFC 3501 §6.3.1: even if the new SELECT fails
         if args.condstore or args.qresync is not None:
             return _bad("CONDSTORE and QRESYNC are not supported")
@@ -727,17 +727,27 @@ class ImapSession:
         if mailbox is None:
             return _no("Mailbox does not exist", ResponseCode.NONEXISTENT)
         self._drain()  # whatever happened before the read below is in it
-        messages = await self.storage.list_messages(mailbox.id)
-        sel = SelectedMailbox(
-            mailbox.id,
-            mailbox.uidvalidity,
-            mailbox.uidnext,
-            mailbox.highestmodseq,
-            messages,
-            readonly=readonly,
-            tracker=self.tracker,
-        )
-        self._dirty = len(messages) != sel.exists  # something arrived meanwhile: sync
+        if previous is not None and previous.key == (mailbox.id, mailbox.uidvalidity):
+            # The same mailbox again (clients re-SELECT to resynchronise): the view this
+            # session holds, brought up to date, instead of reading every message again.
+            try:
+                changes = await self.storage.changes_since(mailbox.id, previous.highestmodseq)
+            except NotFound:
+                return _no("Mailbox does not exist", ResponseCode.NONEXISTENT)
+            previous.apply_changes(changes.changed, changes.expunged, changes.highestmodseq)
+            sel = previous.reopened(mailbox.uidnext, readonly=readonly, tracker=self.tracker)
+        else:
+            messages = await self.storage.list_messages(mailbox.id)
+            sel = SelectedMailbox(
+                mailbox.id,
+                mailbox.uidvalidity,
+                mailbox.uidnext,
+                mailbox.highestmodseq,
+                messages,
+                readonly=readonly,
+                tracker=self.tracker,
+            )
+            self._dirty = len(messages) != sel.exists  # something arrived meanwhile: sync
         await self.out.write(sel.select_response())
         self.selected = sel
         self.state = State.SELECTED
@@ -957,8 +967,13 @@ class ImapSession:
             account_id, mailbox_id=mailbox.id, flags=storable_flags(args.flags), internaldate=when
         )
         [(_, uid)] = await self.storage.append(blob, [target])
-        if self.selected is not None and self.selected.mailbox_id == mailbox.id:
-            await self._sync(force=True)  # RFC 3501 §6.3.11: EXISTS now
+        sel = self.selected
+        if sel is not None and sel.mailbox_id == mailbox.id:
+            # RFC 3501 §6.3.11: EXISTS now; from memory when nothing can have come before it
+            if sel.appended(uid, target.flags):
+                self._expect(ChangeKind.APPEND, (uid,))
+            else:
+                await self._sync(force=True)
         return _ok("APPEND completed", ResponseCode.appenduid(mailbox.uidvalidity, uid))
 
     async def _idle(self, cmd: Command) -> _Done:
@@ -1025,47 +1040,84 @@ class ImapSession:
         if args.return_options is not None:
             return _bad("ESEARCH is not supported")
         sel = self._sel()
-        key = args.key
-        needs_structure, needs_bytes = search.needs(key)
-        need_record = needs_structure or needs_bytes or _needs_record(key)
         largest_seq, largest_uid = sel.search_bounds()
-        candidates = [(i + 1, u) for i, u in enumerate(sel.uids) if not sel.is_gone(u)]
-        records: dict[int, MessageRecord] = {}
-        if need_record and candidates:
-            found = await self.storage.fetch_messages(sel.mailbox_id, [u for _, u in candidates])
-            records = {r.uid: r for r in found}
+        searcher = search.Searcher(args.key, largest_seq=largest_seq, largest_uid=largest_uid)
+        flags, is_recent, by_uid = sel.flags, sel.is_recent, cmd.uid
+        candidates = [(i, u) for i, u in enumerate(sel.uids, 1) if not sel.is_gone(u)]
         hits: list[int] = []
-        for seq, uid in candidates:
-            rec = records.get(uid)
-            if need_record and rec is None:
-                continue
-            info: MessageInfo | None = None
-            blob: bytes | None = None
-            if rec is not None and (needs_structure or needs_bytes):
-                info = INFO_CACHE.get(rec)
-            if rec is not None and needs_bytes:
-                start, end = search.blob_range(key, info)
-                if (start, end) != (0, 0):
-                    try:
-                        blob = await self.storage.read_blob(rec.blob_id, start, end)
-                    except NotFound:
-                        continue
-            msg = search.SearchMessage(
-                seq=seq,
-                uid=uid,
-                flags=sel.flags(uid),
-                internaldate=rec.internaldate if rec is not None else 0.0,
-                size=rec.size if rec is not None else 0,
-                modseq=rec.modseq if rec is not None else 0,
-                recent=sel.is_recent(uid),
-                info=info,
-            )
-            if search.matches(
-                key, msg, blob=blob, largest_seq=largest_seq, largest_uid=largest_uid
-            ):
-                hits.append(uid if cmd.uid else seq)
+        if not searcher.needs_record:  # flags, numbers and UIDs: no storage at all
+            test = searcher.matches_state
+            hits = [u if by_uid else i for i, u in candidates if test(i, u, flags(u), is_recent(u))]
+        else:
+            for at in range(0, len(candidates), SEARCH_BATCH):
+                batch = candidates[at : at + SEARCH_BATCH]
+                hits.extend(await self._search_batch(searcher, batch, by_uid))
         await self.out.write(encoder.search(hits))
         return _ok("SEARCH completed")
+
+    async def _search_batch(
+        self, searcher: search.Searcher, batch: list[tuple[int, int]], by_uid: bool
+    ) -> list[int]:
+        """Evaluate ``(seq, uid)`` pairs that need what storage holds: one light query for
+        their sizes, dates and blobs, the structure only for blobs not in :data:`INFO_CACHE`,
+        and bytes only when the memo cannot stand in for them."""
+        sel = self._sel()
+        metas = await self.storage.fetch_meta(sel.mailbox_id, [u for _, u in batch])
+        meta = {m[0]: m for m in metas}
+        entries: dict[str, CachedInfo] = {}
+        envelope_only = searcher.envelope_only
+        if searcher.needs_structure or searcher.needs_bytes:
+            missing: list[int] = []
+            for m in metas:
+                if m[4] not in entries:
+                    entry = INFO_CACHE.peek(m[4])
+                    if entry is None:
+                        missing.append(m[0])
+                    else:
+                        entries[m[4]] = entry
+            if missing:
+                for rec in await self.storage.fetch_messages(sel.mailbox_id, missing):
+                    if rec.blob_id not in entries:
+                        entries[rec.blob_id] = INFO_CACHE.load(rec.blob_id, rec.structure)
+        hits: list[int] = []
+        for seq, uid in batch:
+            found = meta.get(uid)
+            if found is None:  # expunged meanwhile
+                continue
+            _, modseq, internaldate, size, blob_id = found
+            info: MessageInfo | None = None
+            envelope: Envelope | None = None
+            memo: Memo | None = None
+            entry = entries.get(blob_id)
+            if entry is not None:
+                memo = entry.memo
+                if envelope_only:
+                    envelope = entry.envelope
+                else:
+                    info = entry.info
+            blob: bytes | None = None
+            if searcher.needs_bytes:
+                start, end = searcher.blob_range(info, memo)
+                if (start, end) != (0, 0):
+                    try:
+                        blob = await self.storage.read_blob(blob_id, start, end)
+                    except NotFound:
+                        continue
+            if searcher.matches(
+                seq,
+                uid,
+                sel.flags(uid),
+                sel.is_recent(uid),
+                internaldate,
+                size,
+                modseq,
+                info,
+                memo,
+                blob,
+                envelope,
+            ):
+                hits.append(uid if by_uid else seq)
+        return hits
 
     async def _fetch(self, cmd: Command) -> _Done:
         args = cmd.args
@@ -1073,15 +1125,22 @@ class ImapSession:
         if args.changed_since is not None or args.vanished:
             return _bad("CONDSTORE is not supported")
         sel = self._sel()
-        pairs = self._resolve(cmd, args.seqset)
-        if pairs is None:
-            return _bad("Invalid message sequence number")
         atts = list(args.atts)
         if cmd.uid and not any(a.name == "UID" and a.section is None for a in atts):
             atts.insert(0, _UID_ATT)  # RFC 3501 §6.4.8: UID FETCH always returns the UID
-        plan = fetch.plan(atts)
+        if all(a.section is None and a.name in _STATE_ATTS for a in atts):
+            positions = sel.positions(args.seqset, uid=cmd.uid)
+            if positions is None:
+                return _bad("Invalid message sequence number")
+            await self._fetch_state(StateItems(atts), positions)
+            return _ok("FETCH completed")
+        pairs = self._resolve(cmd, args.seqset)
+        if pairs is None:
+            return _bad("Invalid message sequence number")
+        renderer = fetch.Renderer(atts)
+        plan = renderer.plan
         shows_flags = any(a.name == "FLAGS" for a in atts)
-        atts_with_flags = atts if shows_flags else [*atts, _FLAGS_ATT]
+        with_flags = renderer if shows_flags else None  # made when first needed
         seen_now: set[int] = set()
         if plan.sets_seen and not sel.readonly:
             unseen = [u for _, u in pairs if SEEN not in sel.flags(u) and not sel.is_gone(u)]
@@ -1092,33 +1151,31 @@ class ImapSession:
                 self._stored(results)
                 seen_now.update(r.uid for r in results)
         if shows_flags or seen_now:
-            shown = {sel.flags(u) for _, u in pairs}
+            shown = sel.flag_sets(map(itemgetter(1), pairs))
             keywords = sel.new_keywords(f for flags in shown for f in flags)
             if keywords:
                 await self.out.write(keywords)
-        state_only = all(a.section is None and a.name in _STATE_ATTS for a in atts)
-        from_state = StateItems(atts) if state_only else None
         records: dict[int, MessageRecord] = {}
-        if not state_only:
-            live = [u for _, u in pairs if not sel.is_gone(u)]
-            if live:
-                found = await self.storage.fetch_messages(sel.mailbox_id, live)
-                records = {r.uid: r for r in found}
+        live = [u for _, u in pairs if not sel.is_gone(u)]
+        if live:
+            found = await self.storage.fetch_messages(sel.mailbox_id, live)
+            records = {r.uid: r for r in found}
         missing = False
         parts: list[bytes] = []
         pending = 0
         for seq, uid in pairs:
-            these = atts_with_flags if uid in seen_now else atts
+            these = renderer
+            if uid in seen_now:
+                if with_flags is None:
+                    with_flags = fetch.Renderer([*atts, _FLAGS_ATT])
+                these = with_flags
             flags = sel.client_flags(uid)
-            if from_state is not None:
-                items = from_state.render(uid, flags)
-            else:
-                rec = records.get(uid)
-                rendered = None if rec is None else await self._render(these, plan, rec, flags)
-                if rendered is None:
-                    missing = True
-                    continue
-                items = rendered
+            rec = records.get(uid)
+            rendered = None if rec is None else await self._render(these, rec, flags)
+            if rendered is None:
+                missing = True
+                continue
+            items = rendered
             if shows_flags or uid in seen_now:
                 sel.reported(uid)
             line = encoder.fetch(seq, items)
@@ -1134,21 +1191,45 @@ class ImapSession:
             return _no("Some of the requested messages no longer exist", ResponseCode.EXPUNGEISSUED)
         return _ok("FETCH completed")
 
+    async def _fetch_state(self, items: StateItems, positions: list[tuple[int, int]]) -> None:
+        """FETCH of UID and FLAGS only: from the selected state, ghosts included (RFC 2180
+        §4.1.3), one formatting operation per message (the command clients resynchronise big
+        mailboxes with)."""
+        sel = self._sel()
+        uids = sel.uids
+        if items.shows_flags:  # a keyword the client has not been told about comes first
+            shown: set[frozenset[str]] = set()
+            for start, stop in positions:
+                shown |= sel.flag_sets(uids[start:stop])
+            keywords = sel.new_keywords(f for flags in shown for f in flags)
+            if keywords:
+                await self.out.write(keywords)
+        for start, stop in positions:
+            for at in range(start, stop, _STATE_BATCH):  # stream: never hold the whole answer
+                end = min(stop, at + _STATE_BATCH)
+                chunk = uids[at:end]
+                flags = sel.client_flags_list(chunk)
+                await self.out.write(items.lines(range(at + 1, end + 1), chunk, flags))
+                if items.shows_flags:
+                    sel.reported_all(chunk)
+
     async def _render(
-        self,
-        atts: list[FetchAtt],
-        plan: fetch.FetchPlan,
-        rec: MessageRecord,
-        flags: frozenset[str],
+        self, renderer: fetch.Renderer, rec: MessageRecord, flags: frozenset[str]
     ) -> list[bytes] | None:
-        info = INFO_CACHE.get(rec) if plan.needs_structure else None
+        """One message's FETCH items; None when its bytes are gone."""
+        plan = renderer.plan
+        info: MessageInfo | None = None
+        memo: Memo | None = None
+        if plan.needs_structure:
+            entry = INFO_CACHE.entry(rec)
+            info, memo = entry.info, entry.memo
         blob: bytes | None = None
         start = 0
         if plan.needs_blob or (plan.needs_structure and info is None):
             if plan.needs_structure and info is None:
                 start, end = 0, None  # damaged cache: render parses the whole message
             else:
-                start, end = fetch.byte_range(atts, info)
+                start, end = renderer.byte_range(info)
             if (start, end) == (0, 0):
                 blob = b""
             else:
@@ -1156,16 +1237,8 @@ class ImapSession:
                     blob = await self.storage.read_blob(rec.blob_id, start, end)
                 except NotFound:
                     return None
-        return fetch.render(
-            atts,
-            uid=rec.uid,
-            flags=flags,
-            internaldate=rec.internaldate,
-            size=rec.size,
-            modseq=rec.modseq,
-            info=info,
-            blob=blob,
-            blob_start=start,
+        return renderer.render(
+            rec.uid, flags, rec.internaldate, rec.size, rec.modseq, info, blob, start, memo
         )
 
     def _stored(self, results: Sequence[StoreResult]) -> None:
@@ -1287,44 +1360,151 @@ _HANDLERS: Final[dict[str, Callable[[ImapSession, Command], Awaitable[_Done]]]] 
 """Command name → handler (one table for every session, not per connection)."""
 
 
-def _load_info(rec: MessageRecord) -> MessageInfo | None:
+def _load_info(blob_id: str, structure: bytes) -> MessageInfo | None:
     """The cached structure, or None if it cannot be read (render then parses the bytes)."""
     try:
-        return MessageInfo.from_json(rec.structure)
+        return MessageInfo.from_json(structure)
     except ValueError:
-        log.warning("imap: damaged cached structure for uid %d", rec.uid)
+        log.warning("imap: damaged cached structure for blob %s", blob_id)
         return None
 
 
-class InfoCache:
-    """Decoded :class:`MessageInfo` by blob hash, least recently used first out.
+def _memo_cost(value: object) -> int:
+    """Rough octets a memo value holds (object headers included)."""
+    if isinstance(value, bytes | str):
+        return len(value) + 64
+    if isinstance(value, list):
+        return sum(len(v) + 64 for v in value if isinstance(v, str)) + 64
+    return 64
 
-    Structure is parsed once at delivery and stored as JSON; decoding that JSON is most of
-    the cost of FETCH ENVELOPE/BODYSTRUCTURE and of header SEARCH keys, and the same messages
-    are asked for again and again (every client, every resync). Entries are immutable and
-    keyed by content hash, so they never go stale. ``budget`` bounds the JSON octets whose
-    decoded form is kept (the objects take a few times that).
+
+class Memo(dict[str, object]):
+    """Values derived from one cached structure: encoded FETCH items
+    (:func:`letterbird.imap.fetch.render`) and decoded search text
+    (:class:`letterbird.imap.search.Searcher`). Each value added is charged to the cache that
+    holds the entry; a value the cache cannot afford (larger than an eighth of its budget, or
+    the entry was evicted meanwhile) is not kept."""
+
+    __slots__ = ("_entry",)
+
+    def __init__(self, entry: CachedInfo) -> None:
+        super().__init__()
+        self._entry = entry
+
+    def __setitem__(self, key: str, value: object) -> None:
+        if self._entry.charge(_memo_cost(value)):
+            super().__setitem__(key, value)
+
+
+class CachedInfo:
+    """One entry of :class:`InfoCache`: a message structure as stored (JSON), decoded when
+    first needed — all of it (:attr:`info`), or only the envelope (:attr:`envelope`, a
+    fraction of the cost, which is all SEARCH on From/To/Subject needs) — and the
+    :class:`Memo` of values derived from it."""
+
+    __slots__ = ("_decoded", "_envelope", "_info", "_owner", "blob_id", "cost", "memo", "structure")
+
+    def __init__(self, owner: InfoCache | None, blob_id: str, structure: bytes) -> None:
+        self._owner = owner  # None: too large for the cache, not kept
+        self.blob_id = blob_id
+        self.structure = structure
+        self.cost = len(structure)
+        self._decoded = False
+        self._info: MessageInfo | None = None
+        self._envelope: Envelope | None = None
+        self.memo = Memo(self)
+
+    @property
+    def info(self) -> MessageInfo | None:
+        """The decoded structure; None when the stored JSON is damaged."""
+        if not self._decoded:
+            self._decoded = True
+            self._info = _load_info(self.blob_id, self.structure)
+        return self._info
+
+    @property
+    def envelope(self) -> Envelope | None:
+        """The ENVELOPE alone (from :attr:`info` when that is decoded); None when damaged."""
+        if self._decoded:
+            return None if self._info is None else self._info.envelope
+        if self._envelope is None:
+            try:
+                self._envelope = envelope_from_json(self.structure)
+            except ValueError:
+                log.warning("imap: damaged cached structure for blob %s", self.blob_id)
+                self._decoded = True  # info stays None: damaged
+                return None
+        return self._envelope
+
+    def charge(self, cost: int) -> bool:
+        """Account ``cost`` more octets to this entry; False when it is not (any longer)
+        cached, or when a value that large is not worth keeping."""
+        owner = self._owner
+        return owner is not None and owner.charge(self, cost)
+
+
+class InfoCache:
+    """Message structures by blob hash (:class:`CachedInfo`), least recently used first out.
+
+    Structure is parsed once at delivery and stored as JSON; decoding that JSON, encoding
+    ENVELOPE/BODYSTRUCTURE from it and decoding header fields and text for SEARCH are most of
+    the cost of those commands, and the same messages are asked for again and again (every
+    client, every resync, every search). Entries are immutable and keyed by content hash, so
+    they never go stale. ``budget`` bounds the JSON octets kept plus the memo values (a
+    decoded structure takes a few times its JSON; the envelope alone, which is all SEARCH on
+    From/To/Subject decodes, much less).
     """
 
     def __init__(self, budget: int = INFO_CACHE_BYTES) -> None:
         self.budget = budget
         self.used = 0
-        self._entries: OrderedDict[str, tuple[MessageInfo | None, int]] = OrderedDict()
+        self._entries: OrderedDict[str, CachedInfo] = OrderedDict()
+
+    def peek(self, blob_id: str) -> CachedInfo | None:
+        """The entry for ``blob_id`` if it is cached (it becomes the most recently used)."""
+        entry = self._entries.get(blob_id)
+        if entry is not None:
+            self._entries.move_to_end(blob_id)
+        return entry
+
+    def load(self, blob_id: str, structure: bytes) -> CachedInfo:
+        """The entry for ``blob_id`` (stored JSON ``structure``), cached unless it is larger
+        than the budget; nothing is decoded yet."""
+        entry = self.peek(blob_id)
+        if entry is not None:
+            return entry
+        if len(structure) > self.budget:
+            return CachedInfo(None, blob_id, structure)
+        entry = CachedInfo(self, blob_id, structure)
+        self._entries[blob_id] = entry
+        self.used += entry.cost
+        self._evict()
+        return entry
+
+    def entry(self, rec: MessageRecord) -> CachedInfo:
+        """The entry for a message record."""
+        return self.load(rec.blob_id, rec.structure)
 
     def get(self, rec: MessageRecord) -> MessageInfo | None:
-        entry = self._entries.get(rec.blob_id)
-        if entry is not None:
-            self._entries.move_to_end(rec.blob_id)
-            return entry[0]
-        info = _load_info(rec)
-        cost = len(rec.structure)
-        if cost <= self.budget:
-            self._entries[rec.blob_id] = (info, cost)
-            self.used += cost
-            while self.used > self.budget:
-                _, (_, freed) = self._entries.popitem(last=False)
-                self.used -= freed
-        return info
+        """The decoded structure of a message record."""
+        return self.load(rec.blob_id, rec.structure).info
+
+    def charge(self, entry: CachedInfo, cost: int) -> bool:
+        """Account ``cost`` more octets to ``entry`` (see :meth:`CachedInfo.charge`)."""
+        blob_id = entry.blob_id
+        if self._entries.get(blob_id) is not entry or cost > self.budget // 8:
+            return False
+        entry.cost += cost
+        self.used += cost
+        self._entries.move_to_end(blob_id)
+        self._evict()
+        return blob_id in self._entries
+
+    def _evict(self) -> None:
+        entries = self._entries
+        while self.used > self.budget and entries:
+            _, old = entries.popitem(last=False)
+            self.used -= old.cost
 
     def clear(self) -> None:
         self._entries.clear()
@@ -1345,7 +1525,7 @@ class StateItems:
     ``render`` once per distinct flag set, so the bytes are exactly ``render``'s (a test
     checks the two agree for every order of the items)."""
 
-    __slots__ = ("_flags", "_order")
+    __slots__ = ("_flags", "_lines", "_order", "_with_uid", "shows_flags")
 
     def __init__(self, atts: Sequence[FetchAtt]) -> None:
         order: list[str] = []
@@ -1353,7 +1533,10 @@ class StateItems:
             if att.name not in order:  # render lists each label once
                 order.append(att.name)
         self._order = tuple(order)
+        self._with_uid = "UID" in self._order
+        self.shows_flags = "FLAGS" in self._order
         self._flags: dict[frozenset[str], bytes] = {}
+        self._lines: dict[frozenset[str], bytes] = {}
 
     def _flags_item(self, flags: frozenset[str]) -> bytes:
         item = self._flags.get(flags)
@@ -1373,3 +1556,34 @@ class StateItems:
 
     def render(self, uid: int, flags: frozenset[str]) -> list[bytes]:
         return [b"UID %d" % uid if n == "UID" else self._flags_item(flags) for n in self._order]
+
+    def _template(self, flags: frozenset[str]) -> bytes:
+        template = self._lines.get(flags)
+        if template is None:
+            items = [
+                b"UID %d" if n == "UID" else self._flags_item(flags).replace(b"%", b"%%")
+                for n in self._order
+            ]
+            template = self._lines[flags] = encoder.fetch(0, items).replace(b"* 0 ", b"* %d ", 1)
+        return template
+
+    def line(self, seq: int, uid: int, flags: frozenset[str]) -> bytes:
+        """``encoder.fetch(seq, self.render(uid, flags))``, from a template per flag set."""
+        template = self._template(flags)
+        return template % (seq, uid) if self._with_uid else template % seq
+
+    def lines(
+        self, seqs: Iterable[int], uids: Iterable[int], flags: Iterable[frozenset[str]]
+    ) -> bytes:
+        """:meth:`line` for each message, joined (``flags``: what to show of each)."""
+        templates = self._lines
+        get = templates.get
+        out: list[bytes] = []
+        append = out.append
+        if self._with_uid:
+            for seq, uid, shown in zip(seqs, uids, flags, strict=True):
+                append((get(shown) or self._template(shown)) % (seq, uid))
+        else:
+            for seq, shown in zip(seqs, flags, strict=True):
+                append((get(shown) or self._template(shown)) % seq)
+        return b"".join(out)

@@ -16,6 +16,8 @@ __all__ = ["decode_transfer", "html_to_text", "snippet_text"]
 
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _NOT_B64 = bytes(c for c in range(256) if c not in _B64_ALPHABET)
+#: Characters of plain text looked at first for a snippet (beyond the snippet's own length).
+_HEAD_CHARS = 1024
 
 
 def decode_transfer(body: bytes, encoding: str, *, truncated: bool = False) -> bytes:
@@ -81,4 +83,10 @@ def snippet_text(
     text = decode_text(decoded, charset, final=not truncated)
     if is_html:
         text = html_to_text(text)
+    elif len(text) > _HEAD_CHARS + limit:
+        # Collapsing a prefix gives a prefix of the collapsed whole (a word cut at the end is
+        # a prefix of that word), so when it is long enough the rest need not be split.
+        head = " ".join(text[: _HEAD_CHARS + limit].split())
+        if len(head) >= limit:
+            return head[:limit].rstrip()
     return " ".join(text.split())[:limit].rstrip()

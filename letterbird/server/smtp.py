@@ -38,6 +38,7 @@ import email.utils
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from letterbird.auth.service import (
     InboundCheck,
@@ -214,6 +215,7 @@ class SmtpSession:
         self.identities: Identities | None = None
         self.rdns: asyncio.Task[str | None] | None = None
         self.stop_requested = False
+        self._spool_folder: Path | None = None  # resolved once per connection, on first use
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -497,7 +499,9 @@ class SmtpSession:
         spool.write(data)
 
     def _open_spool(self, txn: _Transaction) -> Spool:
-        spool = Spool(self.app.config.data_path / "spool")
+        if self._spool_folder is None:
+            self._spool_folder = self.app.config.data_path / "spool"
+        spool = Spool(self._spool_folder)
         spool.write(self._trace_headers(txn))
         txn.spool = spool
         env = self.core.envelope
@@ -538,12 +542,18 @@ class SmtpSession:
             if refusal is not None:
                 return refusal
             blob = await spool.finish()
-            sign = SignRequest(  # DKIM: submitted mail, and mail we forward outside
-                submission=self.policy.submission and self.account is not None,
-                sender=str(ev.envelope.mail_from.address or ""),
-                forward_domain=next(
-                    (r.address.rpartition("@")[2] for r in txn.recipients if r.forward), None
-                ),
+            submitted = self.policy.submission and self.account is not None
+            forward_domain = next(
+                (r.address.rpartition("@")[2] for r in txn.recipients if r.forward), None
+            )
+            sign = (  # DKIM: submitted mail, and mail we forward outside (else nothing to sign)
+                SignRequest(
+                    submission=submitted,
+                    sender=str(ev.envelope.mail_from.address or ""),
+                    forward_domain=forward_domain,
+                )
+                if submitted or forward_domain
+                else None
             )
             checked = await finish_message(self.app, blob, txn.auth, sign, queue_id=txn.message_id)
             if checked.refusal is not None:
@@ -584,7 +594,8 @@ class SmtpSession:
         )
         if dsn_original is not None:
             await self._send_success_dsn(txn, ev.envelope, dsn_original)
-        return replies.MESSAGE_ACCEPTED.with_text(f"OK: queued as {txn.message_id}")
+        accepted = replies.MESSAGE_ACCEPTED
+        return Reply(accepted.code, accepted.enhanced, f"OK: queued as {txn.message_id}")
 
     def _content_refusal(self, txn: _Transaction, ev: DataComplete) -> Reply | None:
         """Checks once the whole message is in: mail loops, and the submission header rules."""
@@ -751,13 +762,25 @@ class SmtpSession:
         for_clause = ""
         if len(txn.recipients) == 1:
             for_clause = f"\r\n\tfor <{txn.recipients[0].address}>"
-        date = email.utils.formatdate(time.time(), localtime=True)
+        date = _received_date()
         received = (
             f"Received: from {helo} ({rdns or 'unknown'} [{self.info.peer_host}])"
             f"\r\n\tby {self.app.config.hostname} (Letterbird) with {proto}"
             f" id {txn.message_id}{tls_comment}{for_clause};\r\n\t{date}\r\n"
         )
         return f"Return-Path: <{sender}>\r\n{received}".encode()
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _received_date() -> str:
+    """The RFC 5322 date-time of now for ``Received:``; formatted once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, localtime=True))
+    return _date_cache[1]
 
 
 def _unique_accounts(recipients: list[_Recipient]) -> list[Account]:

@@ -1,7 +1,9 @@
 """What every asyncio protocol edge needs around its sans-IO core.
 
 - reads with an idle timeout, writes with a bounded output buffer (a client that never reads
-  its responses is disconnected, not buffered for without limit);
+  its responses is disconnected, not buffered for without limit). The timeout is one lazily
+  re-armed timer per stream rather than a timer per read: on a busy connection a read costs a
+  clock reading, and the timer fires at most once per timeout period;
 - STARTTLS/STLS upgrade in place, **discarding any plaintext bytes already buffered** after the
   command (CVE-2011-0411): asyncio's ``StreamWriter.start_tls`` keeps the StreamReader's buffer,
   so bytes a client pipelined after STARTTLS would otherwise be read as if they came over TLS;
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from typing import Any
 
 __all__ = ["OutputOverflow", "Stream"]
 
@@ -36,15 +39,56 @@ class Stream:
         self.write_timeout = write_timeout
         self.tls = implicit_tls
         self.closed = False
+        self._deadline = 0.0  # of the read under way
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading: asyncio.Task[Any] | None = None  # the task blocked in read(), if any
+        self._expired = False
 
     async def read(self, timeout: float | None) -> bytes:
         """Up to READ_SIZE bytes; ``b""`` at end of stream; TimeoutError when idle too long."""
-        if timeout is None:
-            return await self.reader.read(READ_SIZE)
-        # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps every read in a new
-        # Task, which costs more than the read itself on the SMTP hot path.
-        async with asyncio.timeout(timeout):
-            return await self.reader.read(READ_SIZE)
+        reader = self.reader
+        task = asyncio.current_task()
+        if timeout is None or task is None:
+            return await reader.read(READ_SIZE)
+        # Not asyncio.timeout or wait_for: they schedule and cancel a timer (wait_for even a
+        # Task) per read, which costs more than the read itself on the SMTP hot path.
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline = loop.time() + timeout
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._check_deadline, loop)
+        self._reading = task
+        try:
+            return await reader.read(READ_SIZE)
+        except asyncio.CancelledError:
+            if self._expired:
+                self._expired = False
+                if task.uncancel() == 0:  # not also cancelled from outside
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._reading = None
+
+    def cancel_timeout(self) -> None:
+        """Drop the read timer now (when the connection is closed by other means than
+        :meth:`close`), rather than when it next fires."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_deadline(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer: cancel a read that is past its deadline, else wait for the deadline."""
+        self._timer = None
+        task = self._reading
+        if task is None:
+            return  # not reading: the next read arms the timer again
+        if self._deadline > loop.time() + 0.001:  # data came meanwhile: a later deadline
+            self._timer = loop.call_at(self._deadline, self._check_deadline, loop)
+            return
+        self._expired = True
+        task.cancel()
 
     async def write(self, data: bytes) -> None:
         if not data or self.closed:
@@ -81,6 +125,7 @@ class Stream:
         if self.closed:
             return
         self.closed = True
+        self.cancel_timeout()
         try:
             if not self.writer.is_closing():
                 await asyncio.wait_for(self.writer.drain(), 5)

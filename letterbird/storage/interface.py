@@ -292,6 +292,15 @@ class Storage(Protocol):
     async def fetch_messages(
         self, mailbox_id: int, uids: Iterable[int] | None = None
     ) -> list[MessageRecord]: ...
+    async def fetch_meta(
+        self, mailbox_id: int, uids: Sequence[int]
+    ) -> list[tuple[int, int, float, int, str]]:
+        """``(uid, modseq, internaldate, size, blob_id)`` of the given messages, ascending by
+        uid; unknown uids are left out. :meth:`fetch_messages` without flags and structure,
+        as plain tuples: for readers that keep flags themselves and decoded structure cached
+        per blob (IMAP SEARCH), so a query over a whole mailbox moves no JSON."""
+        ...
+
     async def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes: ...
     async def store_flags(
         self,

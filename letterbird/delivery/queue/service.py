@@ -773,7 +773,7 @@ class _Batch:
     @property
     def backlog(self) -> int:
         """Messages waiting for this connection."""
-        return len(self.feed.pending)
+        return len(self.feed)
 
     def add(self, message: Outbound) -> bool:
         if self.feed.add(message):

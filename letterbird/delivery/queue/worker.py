@@ -57,6 +57,7 @@ from letterbird.proto.smtp.client import (
     Waiting,
 )
 from letterbird.proto.smtp.replies import Reply
+from letterbird.server.stream import Stream
 from letterbird.storage.interface import QueueEntry, QueueRecipient, Storage, StorageError
 
 log = logging.getLogger("letterbird.queue")
@@ -91,6 +92,8 @@ CHUNK = 256 * 1024
 THREAD_DOWNGRADE = 256 * 1024
 #: Bytes read per socket read.
 READ_SIZE = 65536
+#: Unsent bytes buffered for a connection before a write waits for the peer to take them.
+WRITE_BUFFER = 64 * 1024
 
 
 # --------------------------------------------------------------------------- message bodies
@@ -305,6 +308,10 @@ class MessageFeed:
     def pending(self) -> list[Outbound]:
         return list(self._items)
 
+    def __len__(self) -> int:
+        """How many messages wait to be taken (without copying them, unlike ``pending``)."""
+        return len(self._items)
+
     async def next(self) -> Outbound | None:
         """The next message, or None (and closed) when there is none, even after lingering."""
         if not self._items and self.linger > 0 and not self.closed:
@@ -428,6 +435,15 @@ class _Session:
         client = SmtpClient(self.t.helo_name, self.tls_policy)
         reader, writer = self.reader, self.writer
         assert reader is not None and writer is not None
+        # Reads go through Stream for its timeout (one lazily re-armed timer per connection,
+        # where wait_for would start a Task per read); the STARTTLS upgrade keeps the reader.
+        stream = Stream(reader, writer)
+        try:
+            return await self._steps(client, stream)
+        finally:
+            stream.cancel_timeout()
+
+    async def _steps(self, client: SmtpClient, stream: Stream) -> SessionReport:
         while True:
             ev = client.next_event()
             if ev is NEED_DATA:
@@ -441,7 +457,7 @@ class _Session:
                     else self.s.command_timeout
                 )
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
+                    data = await stream.read(timeout)
                 except TimeoutError:
                     client.connection_lost(f"timeout waiting for the reply to {waiting.value}")
                     continue
@@ -471,7 +487,7 @@ class _Session:
         assert writer is not None
         try:
             writer.write(data)
-            await asyncio.wait_for(writer.drain(), self.s.command_timeout)
+            await self._drain(writer)
         except TimeoutError:
             client.connection_lost("timeout sending to the server")
             return False
@@ -479,6 +495,12 @@ class _Session:
             client.connection_lost(str(exc) or exc.__class__.__name__)
             return False
         return True
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        """Wait for the peer only when much is unsent (``wait_for`` costs a Task per call); a
+        broken connection shows at the next read."""
+        if writer.transport.get_write_buffer_size() > WRITE_BUFFER:
+            await asyncio.wait_for(writer.drain(), self.s.command_timeout)
 
     async def _next_message(self, client: SmtpClient, ready: ReadyForMessage) -> None:
         while not self.stopping():
@@ -555,7 +577,7 @@ class _Session:
                 encoded = client.encode_data(chunk)
                 if encoded:
                     writer.write(encoded)
-                    await asyncio.wait_for(writer.drain(), self.s.command_timeout)
+                    await self._drain(writer)
         except TimeoutError:
             self._abort(client, "timeout sending the message")
             return
