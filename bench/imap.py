@@ -37,7 +37,10 @@ benchmark); Dovecot 2.3 ``imapd`` with a private configuration on a loopback hig
 maildir (:func:`bench.peers.dovecot`, needs root), its index built before measuring. The mix
 clients run in separate processes so the Python client is not the bottleneck; the ``idle``
 sessions are asyncio connections in this process. Every response is checked (tagged OK; the
-body fetches are checked against the messages' sizes), so a fast wrong answer cannot win.
+body fetches are checked against the messages' sizes), so a fast wrong answer cannot win. Both
+servers are up at once and each measurement runs on one server and then straight away on the
+other, so a change in the machine's load (other work on a shared machine) disturbs both
+servers' figures alike.
 
 Not a test: nothing here asserts on timing.
 """
@@ -55,8 +58,9 @@ import resource
 import socket
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -606,45 +610,57 @@ def _big_messages(count: int) -> list[bytes]:
     return [make_message(n, rng, 600) for n in range(count)]
 
 
-def bench_letterbird(pool: ProcessPoolExecutor, w: Workload) -> ServerFigures:
+@dataclass
+class Target:
+    """One server under test, up, with its mailboxes for the mix populated."""
+
+    figures: ServerFigures
+    address: str
+    users: list[str]
+    idle_users: list[str]
+    big_user: str
+    cpu: Callable[[], float]  # CPU seconds used so far
+    memory: Callable[[], int]  # KiB, as the idle figure counts it
+    prepare_idle: Callable[[], None]
+    store_big: Callable[[], str]  # fills the big mailbox; returns a note with the time taken
+
+
+@contextmanager
+def letterbird_target(w: Workload) -> Iterator[Target]:
     figures = ServerFigures("letterbird")
     users = [f"user{i}@{DOMAIN}" for i in range(w.clients)]
     idle_users = [f"idle{i}@{DOMAIN}" for i in range(IDLE_ACCOUNTS)]
     accounts: dict[str, list[bytes]] = {u: w.messages for u in users}
     if "idle" in w.only:
         accounts.update({u: w.messages[:10] for u in idle_users})
+    big_user = f"big@{DOMAIN}"
     with letterbird(imap=True, extra=CHEAP_AUTH) as lb:
         t0 = time.perf_counter()
         asyncio.run(populate_letterbird(lb.config, accounts))
         figures.notes.append(f"populated in {time.perf_counter() - t0:.1f} s")
-        address = lb.address("imap")
+        figures.idle_note = "RSS of the one process"
 
-        def cpu() -> float:
-            return _cpu_seconds(lb.pid)
-
-        if "mix" in w.only:
-            figures.mix = run_mix(pool, address, users, w.seconds, False, w.sizes, cpu)
-        if "reconnect" in w.only:
-            figures.reconnect = run_mix(pool, address, users, w.seconds, True, w.sizes, cpu)
-        if "idle" in w.only:
-            try:
-                figures.idle = asyncio.run(
-                    _idle(address, idle_users, w.idle_sessions, lambda: _status_kb(lb.pid, "VmRSS"))
-                )
-                figures.idle_note = "RSS of the one process"
-            except (ImapError, OSError) as exc:
-                figures.notes.append(f"idle failed: {exc}")
-        if "big" in w.only:
-            big_user = f"big@{DOMAIN}"
+        def store_big() -> str:
             t0 = time.perf_counter()
             asyncio.run(populate_letterbird(lb.config, {big_user: _big_messages(w.big)}))
-            figures.notes.append(f"big mailbox stored in {time.perf_counter() - t0:.0f} s")
-            figures.big = big_mailbox_times(address, big_user, w.big)
+            return f"big mailbox stored in {time.perf_counter() - t0:.0f} s"
+
+        yield Target(
+            figures,
+            lb.address("imap"),
+            users,
+            idle_users,
+            big_user,
+            cpu=lambda: _cpu_seconds(lb.pid),
+            memory=lambda: _status_kb(lb.pid, "VmRSS"),
+            prepare_idle=lambda: None,
+            store_big=store_big,
+        )
         figures.notes.append(f"peak RSS {lb.peak_rss_kb() / 1024:.0f} MiB")
-    return figures
 
 
-def bench_dovecot(pool: ProcessPoolExecutor, w: Workload) -> ServerFigures:
+@contextmanager
+def dovecot_target(w: Workload) -> Iterator[Target]:
     figures = ServerFigures("dovecot")
     users = [f"user{i}" for i in range(w.clients)]
     idle_users = [f"idle{i}" for i in range(IDLE_ACCOUNTS)]
@@ -655,34 +671,54 @@ def bench_dovecot(pool: ProcessPoolExecutor, w: Workload) -> ServerFigures:
     ):
         for user in users:
             dc.populate(user, w.messages)
-        address = dc.imap_address
         figures.notes.append("maildir, imapd, one process per session")
+        figures.idle_note = "PSS summed over all processes (one imap process per session)"
 
-        def cpu() -> float:
-            return _group_cpu_seconds(dc.pid)
-
-        if "mix" in w.only:
-            figures.mix = run_mix(pool, address, users, w.seconds, False, w.sizes, cpu)
-        if "reconnect" in w.only:
-            figures.reconnect = run_mix(pool, address, users, w.seconds, True, w.sizes, cpu)
-        if "idle" in w.only:
+        def prepare_idle() -> None:
             for user in idle_users:
                 dc.populate(user, w.messages[:10])
 
-            def pss() -> int:
-                return sum(_pss_kb(p) for p in group_pids(dc.pid))
-
-            try:
-                figures.idle = asyncio.run(_idle(address, idle_users, w.idle_sessions, pss))
-                figures.idle_note = "PSS summed over all processes (one imap process per session)"
-            except (ImapError, OSError) as exc:
-                figures.notes.append(f"idle failed: {exc}")
-        if "big" in w.only:
+        def store_big() -> str:
             t0 = time.perf_counter()
             dc.populate("big", _big_messages(w.big))
-            figures.notes.append(f"big mailbox indexed in {time.perf_counter() - t0:.0f} s")
-            figures.big = big_mailbox_times(address, "big", w.big)
-    return figures
+            return f"big mailbox indexed in {time.perf_counter() - t0:.0f} s"
+
+        yield Target(
+            figures,
+            dc.imap_address,
+            users,
+            idle_users,
+            "big",
+            cpu=lambda: _group_cpu_seconds(dc.pid),
+            memory=lambda: sum(_pss_kb(p) for p in group_pids(dc.pid)),
+            prepare_idle=prepare_idle,
+            store_big=store_big,
+        )
+
+
+def run_measurements(pool: ProcessPoolExecutor, targets: Sequence[Target], w: Workload) -> None:
+    """Each measurement on every server, back to back (then the next measurement), so a
+    change in the machine's load disturbs both servers' figures alike."""
+    if "mix" in w.only:
+        for t in targets:
+            t.figures.mix = run_mix(pool, t.address, t.users, w.seconds, False, w.sizes, t.cpu)
+    if "reconnect" in w.only:
+        for t in targets:
+            t.figures.reconnect = run_mix(pool, t.address, t.users, w.seconds, True, w.sizes, t.cpu)
+    if "idle" in w.only:
+        for t in targets:
+            t.prepare_idle()
+            try:
+                t.figures.idle = asyncio.run(
+                    _idle(t.address, t.idle_users, w.idle_sessions, t.memory)
+                )
+            except (ImapError, OSError) as exc:
+                t.figures.notes.append(f"idle failed: {exc}")
+    if "big" in w.only:
+        for t in targets:
+            t.figures.notes.append(t.store_big())
+        for t in targets:
+            t.figures.big = big_mailbox_times(t.address, t.big_user, w.big)
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -807,19 +843,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     w = Workload(
         args.clients, make_messages(args.messages), args.seconds, args.idle, args.big, only
     )
-    _raise_fd_limit(args.idle * 2 + 1000)
+    _raise_fd_limit(args.idle * 4 + 1000)
     servers: list[ServerFigures] = []
     # the worker processes are forked before any server (and its log threads) exists
-    with ProcessPoolExecutor(max_workers=args.clients) as pool:
+    with ProcessPoolExecutor(max_workers=args.clients) as pool, ExitStack() as stack:
         list(pool.map(abs, range(args.clients)))
+        targets: list[Target] = []
         if not args.no_letterbird:
-            servers.append(bench_letterbird(pool, w))
+            targets.append(stack.enter_context(letterbird_target(w)))
         if not args.no_dovecot:
             try:
-                servers.append(bench_dovecot(pool, w))
+                targets.append(stack.enter_context(dovecot_target(w)))
             except (PeerError, OSError) as exc:
                 print(f"dovecot not run: {exc}".splitlines()[0])
-    report(servers, w)
+        run_measurements(pool, targets, w)
+        servers = [t.figures for t in targets]
+    report(servers, w)  # after the servers stopped (their final notes are in)
 
 
 if __name__ == "__main__":

@@ -1581,6 +1581,14 @@ class PgStorage:
         expunged = sorted(r[1] for r in rows if r[0] == 2)
         return Changes(int(highest[0]), changed, expunged)
 
+    async def changes_since_bounded(
+        self, mailbox_id: int, modseq: int, limit: int
+    ) -> Changes | None:
+        changes = await PgStorage.changes_since(self, mailbox_id, modseq)  # one round trip
+        if len(changes.changed) > limit or len(changes.expunged) > limit:
+            return None
+        return changes
+
     async def quota_usage(self, account_id: int) -> tuple[int, int]:
         row = await self._fetchrow("SELECT used, quota FROM accounts WHERE id=$1", account_id)
         if row is None:

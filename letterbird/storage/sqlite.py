@@ -1352,6 +1352,36 @@ class SqliteStorage:
 
         return await self._read(fn, offload=True)
 
+    async def changes_since_bounded(
+        self, mailbox_id: int, modseq: int, limit: int
+    ) -> Changes | None:
+        def fn(c: sqlite3.Connection) -> Changes | None:
+            row = c.execute(
+                "SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("no such mailbox")
+            if int(row[0]) <= modseq:  # nothing at all changed
+                return Changes(int(row[0]), [], [])
+            changed = c.execute(
+                "SELECT uid, modseq, flags FROM messages WHERE mailbox_id=? AND modseq>? "
+                "ORDER BY uid LIMIT ?",
+                (mailbox_id, modseq, limit + 1),
+            ).fetchall()
+            expunged = c.execute(
+                "SELECT uid FROM tombstones WHERE mailbox_id=? AND modseq>? ORDER BY uid LIMIT ?",
+                (mailbox_id, modseq, limit + 1),
+            ).fetchall()
+            if len(changed) > limit or len(expunged) > limit:
+                return None
+            return Changes(
+                int(row[0]),
+                [(r[0], r[1], _text_to_flags(r[2])) for r in changed],
+                [r[0] for r in expunged],
+            )
+
+        return await self._read(fn)  # bounded by limit: inline
+
     async def quota_usage(self, account_id: int) -> tuple[int, int]:
         row = await self._read(
             lambda c: c.execute(

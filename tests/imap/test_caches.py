@@ -39,7 +39,7 @@ from letterbird.proto.imap import encoder
 from letterbird.proto.imap.fetchatt import FetchAtt, Section
 from letterbird.proto.imap.search import SearchKey
 from letterbird.proto.imap.seqset import SequenceSet
-from letterbird.storage.interface import AppendTarget, MessageRecord
+from letterbird.storage.interface import AppendTarget, Changes, FlagMode, MessageRecord, NotFound
 from letterbird.storage.sqlite import SqliteStorage
 
 # --- Searcher ---------------------------------------------------------------------------------
@@ -648,3 +648,30 @@ def test_recent_flag_sets_table_is_bounded() -> None:
     assert len(sel._with_recent) <= 1025
     # a recent range holding none of the messages asked about
     assert sel.client_flags_list([]) == []
+
+
+async def test_changes_since_bounded(storage: SqliteStorage) -> None:
+    await storage.add_domain("example.test")
+    account = await storage.add_account("bob", "example.test", "x")
+    uids = []
+    for n in range(4):
+        [(mailbox_id, uid)] = await storage.append(
+            blob_of(sample_message(n)), [AppendTarget(account.id)]
+        )
+        uids.append(uid)
+    mailbox = await storage.get_mailbox_by_id(mailbox_id)
+    assert mailbox is not None
+    start = mailbox.highestmodseq
+    assert await storage.changes_since_bounded(mailbox_id, start, 10) == Changes(start, [], [])
+    assert await storage.changes_since_bounded(mailbox_id, 0, 3) is None  # 4 new messages
+    assert await storage.changes_since_bounded(mailbox_id, 0, 4) == await storage.changes_since(
+        mailbox_id, 0
+    )
+    await storage.store_flags(mailbox_id, uids[:3], FlagMode.ADD, ["\\Deleted"])
+    await storage.expunge(mailbox_id, uids[:2])
+    full = await storage.changes_since(mailbox_id, start)
+    assert len(full.changed) == 1 and len(full.expunged) == 2
+    assert await storage.changes_since_bounded(mailbox_id, start, 2) == full
+    assert await storage.changes_since_bounded(mailbox_id, start, 1) is None  # 2 expunged
+    with pytest.raises(NotFound):
+        await storage.changes_since_bounded(mailbox_id + 100, 0, 5)

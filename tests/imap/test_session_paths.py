@@ -23,7 +23,14 @@ pytestmark = pytest.mark.e2e
 
 BOB = "bob@example.test"
 PASSWORD = "secret"
-SPIED = ("fetch_messages", "fetch_meta", "read_blob", "list_messages", "changes_since")
+SPIED = (
+    "fetch_messages",
+    "fetch_meta",
+    "read_blob",
+    "list_messages",
+    "changes_since",
+    "changes_since_bounded",
+)
 
 
 class Out:
@@ -195,7 +202,7 @@ def test_append_to_the_selected_mailbox_needs_no_resync(
     deliver(server, sample_message(4))
     calls.clear()
     out = d.cmd("APPEND INBOX", sample_message(5))
-    assert b"* 4 EXISTS" in out and "changes_since" in calls
+    assert b"* 4 EXISTS" in out and "changes_since_bounded" in calls
     assert d.cmd("UID FETCH 1:* (UID)") == [
         b"* 1 FETCH (UID 1)",
         b"* 2 FETCH (UID 3)",
@@ -218,7 +225,7 @@ def test_selecting_the_same_mailbox_again(server: ServerThread, calls: list[str]
     assert d.cmd("SELECT INBOX") == [
         line.replace(b"* 4 RECENT", b"* 0 RECENT") for line in first
     ]  # the new SELECT claims nothing more as recent
-    assert calls == ["changes_since"]
+    assert calls == ["changes_since_bounded"]
     # meanwhile: another session expunges, flags, and a message arrives
     other = session(server)
     other.cmd("SELECT INBOX")
@@ -230,7 +237,7 @@ def test_selecting_the_same_mailbox_again(server: ServerThread, calls: list[str]
     deliver(server, sample_message(6), flags=frozenset({"\\Seen"}))
     calls.clear()
     again = d.cmd("EXAMINE INBOX")
-    assert calls == ["changes_since"]
+    assert calls == ["changes_since_bounded"]
     fresh = session(server).cmd("EXAMINE INBOX")
     assert _normalise(again) == _normalise(fresh)
     assert b"* 5 EXISTS" in again and any(b"$Other" in line for line in again)
@@ -323,3 +330,18 @@ def test_fetch_paths_for_items_beyond_the_state(server: ServerThread) -> None:
     assert b"FLAGS (\\Recent $Fresh)" in out[2]
     assert d.raw("FETCH 9 (UID ENVELOPE)") == [b"t BAD Invalid message sequence number"]
     assert d.raw("FETCH 9 (UID FLAGS)") == [b"t BAD Invalid message sequence number"]
+
+
+def test_a_long_list_of_changes_takes_the_full_query(
+    server: ServerThread, calls: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("letterbird.imap.session.SYNC_BOUNDED", 2)
+    deliver(server, sample_message(1))
+    d = session(server)
+    d.cmd("SELECT INBOX")
+    for n in range(2, 6):
+        deliver(server, sample_message(n))
+    calls.clear()
+    assert d.cmd("NOOP")[:1] == [b"* 5 EXISTS"]
+    # the sync before the command finds too many changes; NOOP's own forced sync, none
+    assert calls == ["changes_since_bounded", "changes_since", "changes_since_bounded"]
