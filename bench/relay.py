@@ -14,6 +14,11 @@ is the figure of merit. Both servers relay to the *same* sink in the same run:
 * Postfix: a private ``postfix_relay`` (``bench/peers.py``) accepting mail from loopback with
   ``relayhost`` = the sink.
 
+Wall-clock rates are noisy on a shared machine, so each server's **CPU per message** (user +
+system time of its processes from submission to the last message at the sink, from ``/proc``;
+see ``bench.smtp_inbound.cpu_seconds``) is printed too: the stable figure to compare between
+versions of Letterbird. The sink and the client are not counted.
+
 Not a test: nothing here asserts timing. The figures are printed as a table.
 """
 
@@ -27,6 +32,7 @@ from collections.abc import Sequence
 
 from bench.common import letterbird, print_table
 from bench.peers import peer_workdir, postfix_relay, smtp_sink
+from bench.smtp_inbound import cpu_seconds
 
 PASSWORD = "bench-relay-pw"
 SENDER = "alice@bench.test"
@@ -117,7 +123,7 @@ def measure(
 
 def run(messages: int, sessions: int, size: int, concurrency: int, timeout: float) -> None:
     rows: list[tuple[str, ...]] = [
-        ("server", "submit msgs/s", "end-to-end msgs/s", "seconds", "note")
+        ("server", "submit msgs/s", "end-to-end msgs/s", "seconds", "CPU/msg", "note")
     ]
     rates: dict[str, float] = {}
     with smtp_sink(max_concurrency=512) as sink:
@@ -125,6 +131,7 @@ def run(messages: int, sessions: int, size: int, concurrency: int, timeout: floa
         with letterbird(submission=True, extra=extra) as lb:
             lb.admin("domain", "add", "bench.test")
             lb.admin("user", "add", SENDER, "--password-stdin", stdin=PASSWORD + "\n")
+            cpu = cpu_seconds([lb.pid])
             submitted, total = measure(
                 "letterbird",
                 lb.address("submission"),
@@ -135,6 +142,7 @@ def run(messages: int, sessions: int, size: int, concurrency: int, timeout: floa
                 (SENDER, PASSWORD),
                 timeout,
             )
+            cpu = cpu_seconds([lb.pid]) - cpu
             rss = lb.peak_rss_kb()
             queue_left = lb.admin("queue", "list").strip()
             rates["letterbird"] = messages / total
@@ -144,13 +152,16 @@ def run(messages: int, sessions: int, size: int, concurrency: int, timeout: floa
                     f"{messages / submitted:.0f}",
                     f"{messages / total:.0f}",
                     f"{total:.2f}",
+                    f"{cpu / messages * 1e6:.0f} µs",
                     f"peak RSS={rss / 1024:.1f} MiB, queue: {queue_left.splitlines()[-1]}",
                 )
             )
         with peer_workdir() as work, postfix_relay(work / "relay", relayhost=sink.address) as pf:
+            cpu = cpu_seconds(pf.pids())
             submitted, total = measure(
                 "postfix", pf.address, sink.count, messages, sessions, size, None, timeout
             )
+            cpu = cpu_seconds(pf.pids()) - cpu
             rates["postfix"] = messages / total
             rows.append(
                 (
@@ -158,6 +169,7 @@ def run(messages: int, sessions: int, size: int, concurrency: int, timeout: floa
                     f"{messages / submitted:.0f}",
                     f"{messages / total:.0f}",
                     f"{total:.2f}",
+                    f"{cpu / messages * 1e6:.0f} µs",
                     "queue file fsync'd before 250; relayhost = the sink",
                 )
             )

@@ -10,6 +10,12 @@ small aiosmtpd server that fsyncs every message to a maildir before 250. Prints 
 second accepted (smtp-source's wall time), Postfix's rate until the last message reached the
 maildir too, the ratios, and Letterbird's peak RSS. Not a test: nothing here asserts timing.
 
+Wall-clock rates are noisy on a shared machine, so each server's **CPU per message** is printed
+too (user + system time of its processes over the run, from ``/proc``: Letterbird's one
+process; aiosmtpd's; Postfix's process group, with reaped children counted through their
+parent's ``cutime``/``cstime``; for Postfix until the last message is in the maildir). It is
+stable under load and is the figure to compare between versions of Letterbird.
+
 With ``--storage-url`` Letterbird also runs on that PostgreSQL database (in a throw-away schema,
 dropped afterwards) with one node, then with two nodes sharing it, each node getting half of the
 sessions and messages at the same time: the rate is all messages over the wall time.
@@ -22,6 +28,25 @@ import time
 
 from bench.common import letterbird, print_table
 from bench.peers import aiosmtpd_baseline, peer_workdir, postfix_mx, smtp_source
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of ``pids`` and of their children already waited for (``/proc``)."""
+    import os
+
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _per_message(seconds: float, messages: int) -> str:
+    return f"{seconds / messages * 1e6:.0f} µs"
 
 
 def _letterbird_pg(
@@ -91,11 +116,12 @@ def _letterbird_pg(
 
 def run(messages: int, sessions: int, size: int, storage_url: str | None = None) -> None:
     results: dict[str, float] = {}
-    rows: list[tuple[str, ...]] = [("server", "msgs/s", "seconds", "note")]
+    rows: list[tuple[str, ...]] = [("server", "msgs/s", "seconds", "CPU/msg", "note")]
 
     with letterbird(smtp=True) as lb:
         lb.admin("domain", "add", "example.test")
         lb.admin("user", "add", "bob@example.test", "--password-stdin", stdin="bench-pw\n")
+        cpu = cpu_seconds([lb.pid])
         elapsed = smtp_source(
             lb.address("smtp"),
             sessions=sessions,
@@ -104,6 +130,7 @@ def run(messages: int, sessions: int, size: int, storage_url: str | None = None)
             recipient="bob@example.test",
             reuse_connection=True,
         )
+        cpu = cpu_seconds([lb.pid]) - cpu
         stored = lb.admin("mailbox", "list", "bob@example.test").splitlines()[0].split()[1]
         rss = lb.peak_rss_kb()
         results["letterbird"] = messages / elapsed
@@ -112,6 +139,7 @@ def run(messages: int, sessions: int, size: int, storage_url: str | None = None)
                 "letterbird",
                 f"{messages / elapsed:.0f}",
                 f"{elapsed:.2f}",
+                _per_message(cpu, messages),
                 f"stored={stored} peak RSS={rss / 1024:.1f} MiB",
             )
         )
@@ -121,10 +149,11 @@ def run(messages: int, sessions: int, size: int, storage_url: str | None = None)
             elapsed, note = _letterbird_pg(storage_url, nodes, messages, sessions, size)
             label = f"letterbird (PostgreSQL, {nodes} node{'s' if nodes > 1 else ''})"
             results[label] = messages / elapsed
-            rows.append((label, f"{messages / elapsed:.0f}", f"{elapsed:.2f}", note))
+            rows.append((label, f"{messages / elapsed:.0f}", f"{elapsed:.2f}", "-", note))
 
     with peer_workdir() as work:
         with aiosmtpd_baseline(work / "aiosmtpd") as base:
+            cpu = cpu_seconds(base.pids())
             elapsed = smtp_source(
                 base.address,
                 sessions=sessions,
@@ -134,17 +163,20 @@ def run(messages: int, sessions: int, size: int, storage_url: str | None = None)
                 reuse_connection=True,
             )
             base.wait_for_count(messages, timeout=60)
+            cpu = cpu_seconds(base.pids()) - cpu
             results["aiosmtpd"] = messages / elapsed
             rows.append(
                 (
                     "aiosmtpd (fsync maildir)",
                     f"{messages / elapsed:.0f}",
                     f"{elapsed:.2f}",
+                    _per_message(cpu, messages),
                     f"stored={base.count()}",
                 )
             )
 
         with postfix_mx(work / "postfix", domains=["example.test"], users=["bob"]) as pf:
+            cpu = cpu_seconds(pf.pids())
             start = time.perf_counter()
             elapsed = smtp_source(
                 pf.address,
@@ -156,12 +188,14 @@ def run(messages: int, sessions: int, size: int, storage_url: str | None = None)
             )
             pf.wait_for_maildir("bob", messages, timeout=600)
             delivered = time.perf_counter() - start
+            cpu = cpu_seconds(pf.pids()) - cpu
             results["postfix"] = messages / elapsed
             rows.append(
                 (
                     "postfix (queue, fsync)",
                     f"{messages / elapsed:.0f}",
                     f"{elapsed:.2f}",
+                    _per_message(cpu, messages),
                     f"all in maildir after {delivered:.2f}s ({messages / delivered:.0f} msgs/s)",
                 )
             )

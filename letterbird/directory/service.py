@@ -194,6 +194,9 @@ class Directory:
 
     # -- resolution ----------------------------------------------------------------------
     async def is_local_domain(self, domain: str) -> bool:
+        hit = self._domains.get(domain)  # already in normal form (the usual case): no IDNA work
+        if hit is not None and hit[1] > self._clock():
+            return hit[0]
         try:
             return await self._domain_exists(normalise_domain(domain))
         except InvalidAddress:

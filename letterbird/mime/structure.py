@@ -485,6 +485,9 @@ _MONTHS = {
 }
 
 
+_ZONES: dict[int, timezone] = {}  # fixed offsets seen so far (at most 2 * 100 * 100 of them)
+
+
 def _fast_date(value: str) -> datetime | None:
     m = _FAST_DATE.fullmatch(value)
     if m is None:
@@ -495,7 +498,8 @@ def _fast_date(value: str) -> datetime | None:
         if offset == 0 and sign == "-":
             tz = UTC
         else:
-            tz = timezone(timedelta(seconds=-offset if sign == "-" else offset))
+            seconds = -offset if sign == "-" else offset
+            tz = _ZONES.get(seconds) or _ZONES.setdefault(seconds, timezone(timedelta(0, seconds)))
         return datetime(int(year), _MONTHS[month], int(day), int(hh), int(mm), int(ss), tzinfo=tz)
     except ValueError:  # out of range: left to the general parser
         return None

@@ -216,6 +216,7 @@ class SmtpSession:
         self.rdns: asyncio.Task[str | None] | None = None
         self.stop_requested = False
         self._spool_folder: Path | None = None  # resolved once per connection, on first use
+        self._checked_client: bool | None = None  # does letterbird.auth check this client?
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -359,9 +360,13 @@ class SmtpSession:
             self.txn.auth.cancel()  # after RSET: one live check per connection
         self.txn = _Transaction(new_queue_id())
         if not self.policy.submission:  # SPF starts now, in the background
-            self.txn.auth = MailAuth.for_app(self.app).start(
-                self.info.peer_host, self.core.helo_name or "", sender
-            )
+            mail_auth = MailAuth.for_app(self.app)
+            if self._checked_client is None:  # the same answer for every MAIL of a connection
+                self._checked_client = mail_auth.checks_client(self.info.peer_host)
+            if self._checked_client:
+                self.txn.auth = mail_auth.start(
+                    self.info.peer_host, self.core.helo_name or "", sender
+                )
         event(
             log,
             "smtp.mail",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -222,3 +224,61 @@ def test_parsers_never_raise(value: str) -> None:
 def test_header_fields_never_raise(data: bytes, names: list[str], negate: bool) -> None:
     out = get_header_fields(data, names, negate=negate)
     assert len(out) <= len(data) + 2 * (data.count(b"\n") + 2)
+
+
+# The regular expression ``parse_fields`` used to be: its line scanner must find the same fields.
+_REFERENCE_FIELD = re.compile(
+    rb"^([^:\s][^:\r\n]*?)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.MULTILINE
+)
+
+
+def _reference_parse_fields(
+    data: bytes, wanted: frozenset[bytes], max_fields: int, max_value: int
+) -> dict[bytes, list[bytes]]:
+    out: dict[bytes, list[bytes]] = {}
+    for count, m in enumerate(_REFERENCE_FIELD.finditer(data)):
+        if count >= max_fields:
+            break
+        name = m.group(1).lower()
+        if name in wanted:
+            value = re.sub(rb"\r?\n", b"", m.group(2)).strip(b" \t\r\n")[:max_value]
+            out.setdefault(name, []).append(value)
+    return out
+
+
+_HEADER_BYTES = st.lists(
+    st.sampled_from(
+        [
+            b"Subject",
+            b"subject ",
+            b"X",
+            b"x\t",
+            b":",
+            b" ",
+            b"\t",
+            b"\r",
+            b"\n",
+            b"\r\n",
+            b"a",
+            b"\x0b",
+            b"\x0c",
+            b"=?utf-8?q?x?=",
+            b"\xff",
+            b"To",
+            b": ",
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_HEADER_BYTES, st.integers(1, 6), st.integers(0, 20))
+def test_parse_fields_matches_the_reference_regex(
+    data: bytes, max_fields: int, max_value: int
+) -> None:
+    wanted = frozenset({b"subject", b"x", b"to", b"a"})
+    got = parse_fields(
+        data, 0, len(data), wanted, max_bytes=len(data), max_fields=max_fields, max_value=max_value
+    )
+    assert got == _reference_parse_fields(data, wanted, max_fields, max_value)

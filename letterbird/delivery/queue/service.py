@@ -45,6 +45,7 @@ import os
 import random
 import secrets
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
 from dataclasses import replace
@@ -100,10 +101,20 @@ MIN_PAUSE = 0.02
 HEADER_READ = 256 * 1024
 
 
+_ID_RANDOM = bytearray()  # os.urandom bytes not used yet: one system call per 200 ids
+_ID_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_ID_RANDOM.clear)  # a child never repeats its parent's
+
+
 def new_queue_id() -> str:
     """A new queued-message id: 21 upper-case hex digits, the time in milliseconds then 40
     random bits (ids sort by age; a collision needs the same millisecond and random part)."""
-    return f"{time.time_ns() // 1_000_000:011X}{secrets.token_hex(5).upper()}"
+    with _ID_LOCK:
+        if len(_ID_RANDOM) < 5:
+            _ID_RANDOM[:] = os.urandom(1000)
+        random_part = _ID_RANDOM[-5:].hex().upper()
+        del _ID_RANDOM[-5:]
+    return f"{time.time_ns() // 1_000_000:011X}{random_part}"
 
 
 def owner_id() -> str:
@@ -234,8 +245,11 @@ class QueueService:
             except Exception as exc:  # storage trouble: log, wait, try again
                 event(log, "queue.loop_error", level=logging.ERROR, error=exc)
                 delay = self.settings.poll_interval
+            if self._wake.is_set():
+                continue  # woken while claiming: look again at once
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: no Task per round
+                    await self._wake.wait()
 
     async def _pause(self, claimed: int) -> float:
         poll = self.settings.poll_interval

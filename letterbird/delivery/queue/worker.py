@@ -317,7 +317,8 @@ class MessageFeed:
         if not self._items and self.linger > 0 and not self.closed:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), self.linger)
+                async with asyncio.timeout(self.linger):  # not wait_for: no Task per message
+                    await self._arrived.wait()
         if not self._items:
             self.close()
             return None
