@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.peers import peak_rss_kb
 
-__all__ = ["LetterbirdProcess", "letterbird", "peak_rss_kb", "print_table"]
+__all__ = ["LetterbirdProcess", "letterbird", "peak_rss_kb", "pg_schema", "print_table"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -177,6 +177,33 @@ def letterbird(
     finally:
         proc.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def pg_schema(url: str, name: str) -> Iterator[str]:
+    """A throw-away schema ``name`` (a lower-case SQL identifier) in the PostgreSQL database of
+    ``url``: yields the storage URL that selects it (our ``?schema=`` parameter). Dropped
+    afterwards, also when the body raised; dropped first too, in case a killed run left it."""
+    import asyncio
+
+    import asyncpg
+
+    from letterbird.storage.pg_schema import parse_pg_url
+
+    dsn = parse_pg_url(url).dsn
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+    try:
+        yield url + ("&" if "?" in url else "?") + f"schema={name}"
+    finally:
+        asyncio.run(drop())
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.imap [--clients 10] [--messages 200] [--seconds 10]
                                    [--idle 1000] [--big 100000] [--only mix,reconnect,idle,big]
                                    [--no-dovecot]
+                                   [--storage-url postgresql://postgres@127.0.0.1:5432/test]
 
 Four measurements, each on both servers:
 
@@ -42,6 +43,18 @@ servers are up at once and each measurement runs on one server and then straight
 other, so a change in the machine's load (other work on a shared machine) disturbs both
 servers' figures alike.
 
+With ``--storage-url`` the ``mix`` and ``reconnect`` measurements also run on Letterbird over
+that PostgreSQL database, as two more servers up beside the others: ``letterbird-pg1`` (one
+``letterbird serve`` node) and ``letterbird-pg2`` (two nodes sharing the database, client ``i``
+on node ``i % 2``: half the clients on each, the same accounts and mailboxes as the other
+runs). Each has its own throw-away schema (``?schema=lb_bench_imap_<pid>_<nodes>``), dropped
+afterwards, also when the run fails; its mailboxes are filled the same way as for SQLite.
+Their "server CPU" is summed over the nodes' processes; the PostgreSQL backends serving those
+nodes (found through their connections' ports in ``pg_stat_activity``; only when the server
+runs on this machine's loopback) are reported apart as "DB CPU", since SQLite's work is inside
+Letterbird's own process (PostgreSQL's WAL writer and checkpointer are not counted). ``idle``
+and ``big`` are not run on PostgreSQL.
+
 Not a test: nothing here asserts on timing.
 """
 
@@ -64,7 +77,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import letterbird, print_table
+from bench.common import letterbird, pg_schema, print_table
 from bench.peers import PeerError, dovecot, group_pids, peer_workdir
 
 DOMAIN = "bench.test"
@@ -90,6 +103,7 @@ service auth {
 }
 """
 IDLE_ACCOUNTS = 10
+MEASUREMENTS = ("mix", "reconnect", "idle", "big")
 ENVELOPE_WINDOW = 50
 BODIES_PER_ROUND = 5
 
@@ -359,29 +373,40 @@ class MixReport:
     per_command: dict[str, tuple[int, float, float]]  # name -> (count, p50 ms, p95 ms)
     errors: list[str]
     server_cpu: float | None = None  # CPU seconds the server used during the run
+    db_cpu: float | None = None  # CPU seconds of the PostgreSQL backends serving it
 
 
 def run_mix(
     pool: ProcessPoolExecutor,
-    address: str,
+    addresses: Sequence[str],
     users: Sequence[str],
     seconds: float,
     reconnect: bool,
     sizes: dict[int, int],
     cpu: Callable[[], float] | None = None,
+    db_cpu: Callable[[], dict[int, float] | None] | None = None,
 ) -> MixReport:
-    """Run the mix; ``cpu()`` (if given) reads the server's CPU seconds used so far."""
-    host, port = address.rsplit(":", 1)
+    """Run the mix, the ``i``-th user's client on ``addresses[i % len(addresses)]``; ``cpu()``
+    (if given) reads the server's CPU seconds used so far, ``db_cpu()`` those of each database
+    backend serving it (None when they cannot be read)."""
     cpu_before = cpu() if cpu is not None else 0.0
+    db_before = db_cpu() if db_cpu is not None else None
     start_at = time.time() + 1.0
-    futures = [
-        pool.submit(
-            mix_client, host, int(port), user, seconds, start_at, reconnect, 1000 + i, sizes
+    futures = []
+    for i, user in enumerate(users):
+        host, port = addresses[i % len(addresses)].rsplit(":", 1)
+        futures.append(
+            pool.submit(
+                mix_client, host, int(port), user, seconds, start_at, reconnect, 1000 + i, sizes
+            )
         )
-        for i, user in enumerate(users)
-    ]
     results = [f.result() for f in futures]
     server_cpu = cpu() - cpu_before if cpu is not None else None
+    db_after = db_cpu() if db_cpu is not None else None
+    db_used = None
+    if db_before is not None and db_after is not None:
+        # a backend that appeared meanwhile (the pool grew) counts whole: its start-up is small
+        db_used = sum(v - db_before.get(pid, 0.0) for pid, v in db_after.items())
     merged: dict[str, list[float]] = {}
     for r in results:
         for name, values in r.latencies.items():
@@ -394,7 +419,7 @@ def run_mix(
         per[name] = (len(values), statistics.median(values) * 1e3, p95 * 1e3)
     total = sum(len(v) for v in merged.values())
     errors = [e for r in results for e in r.errors]
-    return MixReport(total, wall, per, errors, server_cpu)
+    return MixReport(total, wall, per, errors, server_cpu, db_used)
 
 
 # --- idle sessions ----------------------------------------------------------------------------
@@ -615,14 +640,21 @@ class Target:
     """One server under test, up, with its mailboxes for the mix populated."""
 
     figures: ServerFigures
-    address: str
+    addresses: list[str]  # IMAP, one per node; the mix clients are spread over them
     users: list[str]
     idle_users: list[str]
     big_user: str
-    cpu: Callable[[], float]  # CPU seconds used so far
+    cpu: Callable[[], float]  # CPU seconds used so far (all the nodes' processes)
     memory: Callable[[], int]  # KiB, as the idle figure counts it
     prepare_idle: Callable[[], None]
     store_big: Callable[[], str]  # fills the big mailbox; returns a note with the time taken
+    measurements: frozenset[str] = frozenset(MEASUREMENTS)  # those this target takes part in
+    # CPU seconds used so far by each PostgreSQL backend serving the nodes (None: unknown)
+    db_cpu: Callable[[], dict[int, float] | None] | None = None
+
+    @property
+    def address(self) -> str:
+        return self.addresses[0]
 
 
 @contextmanager
@@ -647,7 +679,7 @@ def letterbird_target(w: Workload) -> Iterator[Target]:
 
         yield Target(
             figures,
-            lb.address("imap"),
+            [lb.address("imap")],
             users,
             idle_users,
             big_user,
@@ -685,7 +717,7 @@ def dovecot_target(w: Workload) -> Iterator[Target]:
 
         yield Target(
             figures,
-            dc.imap_address,
+            [dc.imap_address],
             users,
             idle_users,
             "big",
@@ -696,29 +728,139 @@ def dovecot_target(w: Workload) -> Iterator[Target]:
         )
 
 
+@contextmanager
+def letterbird_pg_target(w: Workload, url: str, nodes: int) -> Iterator[Target]:
+    """Letterbird on PostgreSQL: ``nodes`` ``letterbird serve`` processes sharing one
+    throw-away schema (dropped afterwards, also on errors), the mix users stored the same way
+    as for SQLite, the mix clients split between the nodes. Only the mix measurements."""
+    from letterbird.storage.pg_schema import parse_pg_url
+
+    figures = ServerFigures(f"letterbird-pg{nodes}")
+    users = [f"user{i}@{DOMAIN}" for i in range(w.clients)]
+    with ExitStack() as stack:
+        schema = f"lb_bench_imap_{os.getpid()}_{nodes}"
+        schema_url = stack.enter_context(pg_schema(url, schema))
+        extra = CHEAP_AUTH + f'\n[storage]\nurl = "{schema_url}"\n'
+        lbs = [stack.enter_context(letterbird(imap=True, extra=extra)) for _ in range(nodes)]
+        t0 = time.perf_counter()
+        asyncio.run(populate_letterbird(lbs[0].config, {u: w.messages for u in users}))
+        figures.notes.append(
+            f"PostgreSQL schema {schema}, {nodes} node{'s' if nodes > 1 else ''}"
+            + (", clients split between them" if nodes > 1 else "")
+            + f"; populated in {time.perf_counter() - t0:.1f} s"
+        )
+        pids = [lb.pid for lb in lbs]
+
+        def unsupported() -> str:
+            raise AssertionError("not measured on PostgreSQL")
+
+        yield Target(
+            figures,
+            [lb.address("imap") for lb in lbs],
+            users,
+            [],
+            "",
+            cpu=lambda: sum(_cpu_seconds(pid) for pid in pids),
+            memory=lambda: sum(_status_kb(pid, "VmRSS") for pid in pids),
+            prepare_idle=lambda: None,
+            store_big=unsupported,
+            measurements=frozenset({"mix", "reconnect"}),
+            db_cpu=_pg_backend_cpu_reader(pids, parse_pg_url(url).dsn),
+        )
+        rss = ", ".join(f"{lb.peak_rss_kb() / 1024:.0f}" for lb in lbs)
+        figures.notes.append(f"peak RSS per node {rss} MiB")
+
+
+def _tcp_client_ports(pids: Sequence[int], remote_port: int) -> set[int]:
+    """Local ports of the TCP connections ``pids`` hold to ``remote_port`` (from ``/proc``)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pids[0]}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()  # sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+            if f[9] in inodes and int(f[2].rsplit(":", 1)[1], 16) == remote_port:
+                ports.add(int(f[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _pg_backend_cpu_reader(
+    pids: Sequence[int], dsn: str
+) -> Callable[[], dict[int, float] | None] | None:
+    """A reader of the CPU seconds used by each PostgreSQL backend serving the processes
+    ``pids`` (found through their connections' ports in ``pg_stat_activity``), or None when
+    the server is not on this machine's loopback, where ``/proc`` shows its processes."""
+    from urllib.parse import urlsplit
+
+    import asyncpg
+
+    parts = urlsplit(dsn)
+    if parts.hostname not in ("127.0.0.1", "::1", "localhost"):
+        return None
+    port = parts.port or 5432
+
+    async def backends(ports: list[int]) -> list[int]:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            rows = await conn.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[])", ports
+            )
+        finally:
+            await conn.close()
+        return [int(r["pid"]) for r in rows]
+
+    def read() -> dict[int, float] | None:
+        ports = _tcp_client_ports(pids, port)
+        if not ports:
+            return None
+        found = asyncio.run(backends(sorted(ports)))
+        if not found or not all(Path(f"/proc/{b}/stat").exists() for b in found):
+            return None  # not this machine's processes after all
+        return {b: _cpu_seconds(b) for b in found}
+
+    return read
+
+
 def run_measurements(pool: ProcessPoolExecutor, targets: Sequence[Target], w: Workload) -> None:
     """Each measurement on every server, back to back (then the next measurement), so a
     change in the machine's load disturbs both servers' figures alike."""
-    if "mix" in w.only:
-        for t in targets:
-            t.figures.mix = run_mix(pool, t.address, t.users, w.seconds, False, w.sizes, t.cpu)
-    if "reconnect" in w.only:
-        for t in targets:
-            t.figures.reconnect = run_mix(pool, t.address, t.users, w.seconds, True, w.sizes, t.cpu)
-    if "idle" in w.only:
-        for t in targets:
-            t.prepare_idle()
-            try:
-                t.figures.idle = asyncio.run(
-                    _idle(t.address, t.idle_users, w.idle_sessions, t.memory)
-                )
-            except (ImapError, OSError) as exc:
-                t.figures.notes.append(f"idle failed: {exc}")
-    if "big" in w.only:
-        for t in targets:
-            t.figures.notes.append(t.store_big())
-        for t in targets:
-            t.figures.big = big_mailbox_times(t.address, t.big_user, w.big)
+
+    def taking(name: str) -> list[Target]:
+        return [t for t in targets if name in w.only and name in t.measurements]
+
+    for t in taking("mix"):
+        t.figures.mix = run_mix(
+            pool, t.addresses, t.users, w.seconds, False, w.sizes, t.cpu, t.db_cpu
+        )
+    for t in taking("reconnect"):
+        t.figures.reconnect = run_mix(
+            pool, t.addresses, t.users, w.seconds, True, w.sizes, t.cpu, t.db_cpu
+        )
+    for t in taking("idle"):
+        t.prepare_idle()
+        try:
+            t.figures.idle = asyncio.run(_idle(t.address, t.idle_users, w.idle_sessions, t.memory))
+        except (ImapError, OSError) as exc:
+            t.figures.notes.append(f"idle failed: {exc}")
+    for t in taking("big"):
+        t.figures.notes.append(t.store_big())
+    for t in taking("big"):
+        t.figures.big = big_mailbox_times(t.address, t.big_user, w.big)
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -729,25 +871,27 @@ def _mix_rows(title: str, servers: list[ServerFigures], attr: str) -> None:
     if not reports:
         return
     print(f"\n{title}")
-    rows: list[tuple[str, ...]] = [
-        ("server", "commands/s", "commands", "seconds", "server CPU s", "CPU ms/command", "errors")
-    ]
+    with_db = any(r.db_cpu is not None for _, r in reports)
+    header: tuple[str, ...] = ("server", "commands/s", "commands", "seconds", "server CPU s")
+    header += ("CPU ms/command",) + (("DB CPU ms/command",) if with_db else ()) + ("errors",)
+    rows: list[tuple[str, ...]] = [header]
     for name, r in reports:
         cpu = r.server_cpu
-        rows.append(
-            (
-                name,
-                f"{r.commands / r.seconds:.0f}",
-                str(r.commands),
-                f"{r.seconds:.1f}",
-                "?" if cpu is None else f"{cpu:.1f}",
-                "?" if cpu is None else f"{cpu / max(r.commands, 1) * 1e3:.2f}",
-                "; ".join(r.errors[:2]) or "0",
-            )
+        cells: tuple[str, ...] = (
+            name,
+            f"{r.commands / r.seconds:.0f}",
+            str(r.commands),
+            f"{r.seconds:.1f}",
+            "?" if cpu is None else f"{cpu:.1f}",
+            "?" if cpu is None else f"{cpu / max(r.commands, 1) * 1e3:.2f}",
         )
+        if with_db:
+            db = r.db_cpu
+            cells += ("-" if db is None else f"{db / max(r.commands, 1) * 1e3:.2f}",)
+        rows.append((*cells, "; ".join(r.errors[:2]) or "0"))
     print_table(rows)
     names = sorted({c for _, r in reports for c in r.per_command}, key=_command_order)
-    header: tuple[str, ...] = ("command",)
+    header = ("command",)
     for name, _ in reports:
         header += (f"{name} n", f"{name} p50 ms", f"{name} p95 ms")
     table: list[tuple[str, ...]] = [header]
@@ -835,9 +979,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--no-dovecot", action="store_true", help="only run Letterbird")
     parser.add_argument("--no-letterbird", action="store_true", help="only run Dovecot")
+    parser.add_argument(
+        "--storage-url",
+        metavar="postgresql://...",
+        help="also run the mix measurements on Letterbird over this PostgreSQL database, "
+        "with one node and with two nodes sharing it (throw-away schemas)",
+    )
     args = parser.parse_args(argv)
     only = {x.strip() for x in args.only.split(",") if x.strip()}
-    unknown = only - {"mix", "reconnect", "idle", "big"}
+    unknown = only - set(MEASUREMENTS)
     if unknown:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
     w = Workload(
@@ -856,6 +1006,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 targets.append(stack.enter_context(dovecot_target(w)))
             except (PeerError, OSError) as exc:
                 print(f"dovecot not run: {exc}".splitlines()[0])
+        if args.storage_url and not args.no_letterbird and only & {"mix", "reconnect"}:
+            for nodes in (1, 2):
+                pg = letterbird_pg_target(w, args.storage_url, nodes)
+                targets.append(stack.enter_context(pg))
         run_measurements(pool, targets, w)
         servers = [t.figures for t in targets]
     report(servers, w)  # after the servers stopped (their final notes are in)
