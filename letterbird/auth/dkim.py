@@ -256,7 +256,9 @@ def sign(message: bytes, keys: Sequence[SigningKey], *, now: float) -> bytes:
             (b"d", key.domain.encode()),
             (b"s", key.selector.encode()),
             (b"t", str(int(now)).encode()),
-            (b"h", b":".join(include)),
+            # " : ", as dkimpy's own signer: the folding (at spaces, past column 72) must never
+            # split a header name (RFC 6376 §3.5 allows FWS only around the colons)
+            (b"h", b" : ".join(include)),
             (b"bh", bh),
             (b"b", b"0" * 60),  # dkimpy folds b= onto its own line; the value is replaced
         ]

@@ -24,6 +24,32 @@ the envelope sender's domain; for forwarding, the forwarding domain). The stored
 ``Return-Path:`` (stripped by the queue worker) and our ``Received:``; the signature goes just
 below them and signs neither.
 
+**7-bit before signing.** A next hop without 8BITMIME gets an 8-bit message converted to 7-bit
+MIME by the queue worker (RFC 6152 §3, :mod:`letterbird.delivery.mime7bit`); that changes the
+body and ``Content-Transfer-Encoding:``, so a signature made over the 8-bit form no longer
+verifies. RFC 6376 §5.3 gives the fix: "the signer SHOULD convert the message to a suitable
+MIME content-transfer encoding such as quoted-printable or base64 … before signing". So a
+message with 8-bit body octets is converted by the same :func:`~letterbird.delivery.mime7bit.
+downgrade` *before* it is signed and stored: the stored copy is ASCII, the worker never has
+anything to convert, and the signature holds on every path. This was chosen over re-signing in
+the queue worker after its conversion because (1) the signature stays made once, at the edge
+that knows whom the message is from (the worker would have to decide again which
+``DKIM-Signature`` fields are "ours" from the stored bytes alone, where a field claiming
+``d=`` one of our domains may be a forgery that re-signing would launder), (2) the worker
+needs no private keys, on any node, and no key changes between queueing and delivery matter,
+(3) every delivery attempt to every hop sends the same signed bytes. The cost: local
+recipients and the queue get the quoted-printable/base64 form of an 8-bit body (MIME readers
+decode it; the text is the same), and it is a little bigger.
+
+Not converted, and signed as they are: ASCII messages (nothing to do); messages that already
+carry a ``DKIM-Signature:`` or ``ARC-Message-Signature:`` (converting would break that
+signature on every path, to save ours on the rare 7-bit path, e.g. mail forwarded by an
+alias); messages :func:`~letterbird.delivery.mime7bit.downgrade` cannot convert (8-bit header
+fields need SMTPUTF8, and a server offering SMTPUTF8 offers 8BITMIME too, RFC 6531 §3.1; the
+others are refused by the worker with ``5.6.3`` anyway). For those our signature still breaks
+if a 7-bit hop makes the worker convert them; the worker never signs, so it never puts a
+signature on a message we did not sign.
+
 Every message passing through the edge (either port) loses any ``Authentication-Results:``
 field claiming our hostname (RFC 8601 §5), so the one we write is the only one readers trust.
 """
@@ -50,6 +76,7 @@ from letterbird.auth.lookup import DnsLookup, DnsTempError, ResolverLookup
 from letterbird.auth.message import Field, HeaderSection, rebuild
 from letterbird.auth.spf import SpfOutcome
 from letterbird.config import Config
+from letterbird.delivery.mime7bit import DowngradeImpossible, downgrade
 from letterbird.logs import event
 from letterbird.mime import parse_message
 from letterbird.mime.headers import header_section_end
@@ -70,6 +97,7 @@ __all__ = [
     "MailAuth",
     "SignRequest",
     "finish_message",
+    "seven_bit",
 ]
 
 #: RFC 7489 §10.3 / RFC 7372 §3.2: the refusal for a DMARC p=reject failure.
@@ -547,6 +575,8 @@ def _rewrite(
     at = section.trace_end()
     data2 = rebuild(data, section, insert, at=at, drop=forged)
     signed_by: tuple[str, ...] = ()
+    if keys and not data2.isascii() and not _signed_already(section):
+        data2 = seven_bit(data2, HeaderSection.parse(data2).trace_end())
     if keys:
         try:
             signatures = dkim.sign(data2, keys, now=now)
@@ -559,6 +589,31 @@ def _rewrite(
     if data2 is data:
         return None
     return data2, signed_by
+
+
+def seven_bit(data: bytes, keep: int = 0) -> bytes:
+    """``data`` in 7-bit MIME for signing (RFC 6376 §5.3), its first ``keep`` bytes (the
+    trace fields the edge wrote, whole header fields) left untouched and above a
+    ``MIME-Version:`` the conversion may add; ``data`` itself when it is ASCII or cannot be
+    converted (see the module docstring)."""
+    if data.isascii():
+        return data
+    head = data[:keep]
+    if not head.isascii():
+        return data  # an 8-bit trace field (SMTPUTF8): can never travel a 7-bit path
+    try:
+        converted = downgrade(data[keep:])
+    except DowngradeImpossible:
+        return data
+    return head + converted
+
+
+def _signed_already(section: HeaderSection) -> bool:
+    """Whether the message carries a signature over its body that converting would break."""
+    return any(f.lname in _BODY_SIGNATURES for f in section.fields)
+
+
+_BODY_SIGNATURES = (b"dkim-signature", b"arc-message-signature")
 
 
 def _blob_of(data: bytes) -> BlobSource:

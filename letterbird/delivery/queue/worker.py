@@ -14,7 +14,9 @@ Policies (documented once):
 * a message with 8-bit octets is sent with ``BODY=8BITMIME``; to a server without 8BITMIME it is
   converted to 7-bit MIME (:mod:`letterbird.delivery.mime7bit`) and sent on the same connection,
   or refused with ``554 5.6.3`` when that is impossible; header fields that are not ASCII need
-  SMTPUTF8 (RFC 6531 §3.2), refused with ``553 5.6.7`` by the client core when not offered;
+  SMTPUTF8 (RFC 6531 §3.2), refused with ``553 5.6.7`` by the client core when not offered.
+  Nothing is signed here: mail we DKIM-sign is converted to 7-bit before signing at the edge
+  (:mod:`letterbird.auth.service`, RFC 6376 §5.3; the exceptions are listed there);
 * ``tls = "opportunistic"``: a failed STARTTLS handshake is retried at once on a new connection
   without TLS (as Postfix does at its ``may`` level); ``require``: it is a temporary failure.
   Certificates are not verified in either case (that needs MTA-STS or DANE);
