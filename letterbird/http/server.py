@@ -5,7 +5,9 @@ We bind the sockets ourselves (so a taken port is a clear start-up error and por
 bound port) and hand them to uvicorn. ``https`` uses the shared
 :attr:`letterbird.server.tls.TlsManager.context`, so SIGHUP's certificate reload covers the web
 too. uvicorn's own signal handling is switched off: the supervisor owns SIGTERM/SIGINT and
-stops us through the service's ``aclose()``.
+stops us through the service's ``aclose()``. With ``[proxy] trusted`` set, uvicorn's protocol
+sits behind a PROXY-protocol gate (:mod:`letterbird.server.http_listener`), which also does
+``https``'s TLS after the header.
 """
 
 from __future__ import annotations
@@ -60,16 +62,26 @@ class HttpService:
         sock = _bind(host, port)
         ssl_factory: Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]
         ssl_factory = lambda _cfg, _default: self.app.tls.context  # noqa: E731
+        http: type[asyncio.Protocol] | str = "auto"
+        uvicorn_tls = key == "https"
+        if self.app.config.proxy.trusted:  # the PROXY header comes first, then any TLS
+            from letterbird.server.http_listener import proxied_protocol_class
+
+            http = proxied_protocol_class(
+                self.app, key, self.app.tls.context if uvicorn_tls else None
+            )
+            uvicorn_tls = False
         config = uvicorn.Config(
             self.asgi_app(),
+            http=http,
             lifespan="off",
             log_config=None,
             access_log=False,
             server_header=False,
             proxy_headers=True,  # X-Forwarded-* honoured from loopback proxies only
             timeout_graceful_shutdown=int(SHUTDOWN_TIMEOUT),
-            ssl_context_factory=ssl_factory if key == "https" else None,
-            ssl_certfile=str(self.app.tls.cert_path) if key == "https" else None,
+            ssl_context_factory=ssl_factory if uvicorn_tls else None,
+            ssl_certfile=str(self.app.tls.cert_path) if uvicorn_tls else None,
         )
         config.load()
         server = _Server(config)

@@ -16,6 +16,12 @@ PROXY header before the TLS ClientHello, so its socket must be listening in plai
 layer). A listener that already did its handshake (the supervisor still starts implicit-TLS
 listeners with TLS on) cannot have received a header, so none is expected there and its client
 address stays the socket's.
+
+Listeners served by an :class:`asyncio.Protocol` rather than streams (the webmail: uvicorn's
+HTTP protocol, see :mod:`letterbird.server.http_listener`) get the same rules from
+:class:`ProxyGate`: it is the connection's protocol only until the header is read, then hands the
+transport (and any bytes that followed the header) to the real protocol, behind a TLS layer on
+``https``.
 """
 
 from __future__ import annotations
@@ -26,15 +32,18 @@ import functools
 import ipaddress
 import logging
 import ssl
+from asyncio import sslproto
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from letterbird.logs import event
 from letterbird.proto.proxy import NEED_DATA, ProxyError, ProxyHeader, ProxyHeaderReader
 
 if TYPE_CHECKING:
+    from letterbird.config import ProxySettings
     from letterbird.server.app import App, ConnectionInfo, ProtocolSpec
 
-__all__ = ["ProxyRejected", "accept_proxy", "is_trusted", "read_proxy_header"]
+__all__ = ["ProxyGate", "ProxyRejected", "accept_proxy", "is_trusted", "read_proxy_header"]
 
 log = logging.getLogger("letterbird.proxy")
 
@@ -173,19 +182,178 @@ async def start_tls_after_header(
         tls = transport.get_protocol()
         if tls is protocol or upgrade.done():
             return
-        if isinstance(tls, asyncio.BufferedProtocol):
-            data = memoryview(early)
-            while data:
-                buf = memoryview(tls.get_buffer(len(data))).cast("B")
-                n = min(len(buf), len(data))
-                buf[:n] = data[:n]
-                tls.buffer_updated(n)
-                data = data[n:]
-        elif isinstance(tls, asyncio.Protocol):  # pragma: no cover - a streaming SSL protocol
-            tls.data_received(early)
+        _feed(tls, early)
 
     loop.call_soon(feed)
     new_transport = await upgrade
     # What StreamWriter.start_tls does after its own upgrade.
     writer._transport = new_transport  # type: ignore[attr-defined]
     protocol._replace_writer(writer)  # type: ignore[attr-defined]
+
+
+def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Give ``protocol`` bytes as if its transport had just read them."""
+    if isinstance(protocol, asyncio.BufferedProtocol):
+        view = memoryview(data)
+        while view:
+            buf = memoryview(protocol.get_buffer(len(view))).cast("B")
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            protocol.buffer_updated(n)
+            view = view[n:]
+    elif isinstance(protocol, asyncio.Protocol):
+        protocol.data_received(data)
+
+
+class ProxyGate(asyncio.Protocol):
+    """The PROXY header for a listener served by an :class:`asyncio.Protocol` (uvicorn's HTTP).
+
+    One gate per accepted connection, with the rules of :func:`accept_proxy`: a peer in
+    ``settings.trusted`` must send a valid header within ``settings.timeout``, or it is closed
+    without a reply (``proxy.rejected`` is logged); any other peer is handed over at once, no
+    byte read. ``make_protocol(header)`` builds the real protocol (``header`` is None for an
+    untrusted peer); the gate installs it on the transport, calls its ``connection_made`` and
+    passes it the bytes that came after the header, so the gate is out of the data path from
+    then on.
+
+    ``tls`` (``https``): the socket listens in plain TCP, the header comes before the TLS
+    handshake, and the gate puts a server-side TLS layer between the transport and the real
+    protocol for every peer, as ``loop.create_server(ssl=...)`` would. That layer is built here
+    (``asyncio.sslproto.SSLProtocol`` with ``call_connection_made=True``, what the loop's own TLS
+    servers use) rather than with ``loop.start_tls``: ``start_tls`` never calls the protocol's
+    ``connection_made`` and may deliver the first request before its caller could, and it
+    cannot be given a ClientHello that arrived in the same packet as the header.
+
+    ``closing()`` true (the server is stopping): a connection whose header arrives is closed
+    instead of being handed to a server that is shutting down.
+    """
+
+    def __init__(
+        self,
+        make_protocol: Callable[[ProxyHeader | None], asyncio.Protocol],
+        *,
+        key: str,
+        settings: ProxySettings,
+        tls: ssl.SSLContext | None = None,
+        closing: Callable[[], bool] | None = None,
+        max_length: int = 4096,
+    ) -> None:
+        self._make_protocol = make_protocol
+        self._key = key
+        self._trusted = tuple(settings.trusted)
+        self._timeout = settings.timeout
+        self._tls = tls
+        self._closing = closing
+        self._max_length = max_length
+        self._transport: asyncio.Transport | None = None
+        self._peer = "?"
+        self._client = "?"
+        self._parser: ProxyHeaderReader | None = None  # set while waiting for the header
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple | list) and peer:
+            self._peer = self._client = str(peer[0])
+        if not is_trusted(self._peer, self._trusted):
+            self._hand_over(None, b"")
+            return
+        self._parser = ProxyHeaderReader(max_v2_length=self._max_length)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:  # pragma: no cover - rejected, no more reads are delivered
+            return
+        parser.receive_data(data)
+        ev = parser.next_event()
+        if ev is NEED_DATA:
+            return
+        if isinstance(ev, ProxyError):
+            self._reject(ev.reason)
+            return
+        assert isinstance(ev, ProxyHeader)
+        self._done_waiting()
+        if ev.source is not None:
+            self._client = ev.source[0]
+        self._hand_over(ev, parser.trailing_data)
+
+    def eof_received(self) -> bool | None:
+        if self._parser is not None:
+            self._reject("connection closed before a PROXY header")
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._parser is not None:
+            self._reject("connection closed before a PROXY header")
+
+    # -- internals -------------------------------------------------------------------------
+    def _done_waiting(self) -> None:
+        self._parser = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._parser is not None:
+            self._reject(f"no PROXY header within {self._timeout:g}s")
+
+    def _reject(self, reason: str) -> None:
+        self._done_waiting()
+        event(
+            log,
+            "proxy.rejected",
+            level=logging.WARNING,
+            protocol=self._key,
+            proxy=self._peer,
+            reason=reason,
+        )
+        if self._transport is not None:
+            self._transport.close()
+
+    def _hand_over(self, header: ProxyHeader | None, early: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        if self._closing is not None and self._closing():
+            transport.close()
+            return
+        protocol = self._make_protocol(header)
+        if self._tls is None:
+            transport.set_protocol(protocol)
+            protocol.connection_made(transport)
+            if early and not transport.is_closing():
+                _feed(protocol, early)
+            return
+        loop = asyncio.get_running_loop()
+        handshake: asyncio.Future[None] = loop.create_future()
+        handshake.add_done_callback(self._handshake_done)
+        tls = sslproto.SSLProtocol(
+            loop,
+            protocol,
+            self._tls,
+            handshake,
+            server_side=True,
+            call_connection_made=True,
+            ssl_handshake_timeout=int(TLS_HANDSHAKE_TIMEOUT),
+        )
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        if early:
+            _feed(tls, early)  # a ClientHello sent in the same packet as the header
+
+    def _handshake_done(self, handshake: asyncio.Future[None]) -> None:
+        exc = None if handshake.cancelled() else handshake.exception()
+        if exc is not None:
+            event(
+                log,
+                "proxy.tls_failed",
+                level=logging.WARNING,
+                protocol=self._key,
+                client=self._client,
+                reason=f"TLS handshake failed: {exc}",
+            )

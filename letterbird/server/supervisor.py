@@ -35,7 +35,8 @@ PROTOCOL_MODULES = tuple(f"letterbird.server.{m}" for m in ("smtp", "pop3", "ima
 # [listen] keys served by a module that runs its own server in this event loop rather than an
 # asyncio.start_server handler (uvicorn for HTTP). The module's
 # ``async start_listener(app, key, host, port) -> list[(host, port)]`` binds and starts serving;
-# it registers a service in ``app.services`` whose ``aclose()`` stops it.
+# it registers a service in ``app.services`` whose ``aclose()`` stops it. Behind ``[proxy]
+# trusted`` these read the PROXY header too, before any TLS (letterbird.server.http_listener).
 SERVICE_LISTENERS: dict[str, str] = {
     "http": "letterbird.http.server",
     "https": "letterbird.http.server",
