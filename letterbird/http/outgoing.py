@@ -8,6 +8,12 @@ fields, validated here. Sending goes through the same submission rules as port 5
 apply. Then one storage transaction commits the message for local recipients, the copy in Sent
 (``\\Seen``) and the queue rows for other domains (DESIGN.md §5, §6), and the queue is woken.
 
+Before it is stored, the message is DKIM-signed exactly as port 587 signs a submission: by
+:func:`letterbird.auth.service.finish_message` with a submission :class:`~letterbird.auth.
+service.SignRequest`, for the active keys of the ``From:`` domain (else the sender's); no
+keys, no signature. The signed bytes are the one blob stored for local recipients, for the
+queue and for the copy in Sent, so Sent holds exactly what was sent.
+
 A draft is the same message with its ``Bcc:`` kept, stored in the Drafts folder with
 ``\\Draft \\Seen``.
 """
@@ -23,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
+from letterbird.auth.service import SignRequest, finish_message
 from letterbird.delivery.queue.service import new_queue_id
 from letterbird.delivery.submission import HeaderFixer, Identities, SendingLimits
 from letterbird.directory.addresses import InvalidAddress, parse_address
@@ -180,6 +187,18 @@ async def _blob(data: bytes) -> BlobSource:
     return BlobSource(hashlib.sha256(data).hexdigest(), len(data), info.to_json(), data=data)
 
 
+async def _signed_blob(app: App, data: bytes, sender: str, queue_id: str) -> BlobSource:
+    """``data`` as submission stores it: DKIM-signed by the same step as port 587 (no keys for
+    the domain: unchanged). The structure is parsed once, of the bytes stored."""
+    unsigned = BlobSource(hashlib.sha256(data).hexdigest(), len(data), b"", data=data)
+    done = await finish_message(
+        app, unsigned, None, SignRequest(submission=True, sender=sender), queue_id=queue_id
+    )
+    if done.blob is unsigned:  # nothing changed: parse it now
+        return await _blob(data)
+    return done.blob
+
+
 def sending_limits(app: App) -> SendingLimits:
     limits = app.services.get(LIMITS_SERVICE)
     if not isinstance(limits, SendingLimits):
@@ -250,8 +269,8 @@ async def send(
         )
     else:
         targets.append(AppendTarget(account.id, "Sent", frozenset({"\\Seen"})))
-    blob = await _blob(data)
     queue_id = new_queue_id()
+    blob = await _signed_blob(app, data, draft.sender, queue_id)
     outgoing = None
     if remote:
         outgoing = OutgoingMessage(
