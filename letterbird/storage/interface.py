@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,6 +40,7 @@ __all__ = [
     "MailboxStatus",
     "MessageRecord",
     "NotFound",
+    "Notification",
     "OutgoingMessage",
     "QueueEntry",
     "QueueRecipient",
@@ -216,6 +217,29 @@ class OutgoingMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Notification:
+    """A message the server generates (a DSN), stored in the same transaction as the queue
+    change that calls for it (:meth:`Storage.queue_update`, :meth:`Storage.queue_remove`):
+    what :meth:`Storage.deliver` takes, i.e. ``blob`` in the mailboxes of ``targets`` and/or
+    queued as ``outgoing`` under ``queue_id`` (required with ``outgoing``)."""
+
+    blob: BlobSource
+    targets: tuple[AppendTarget, ...] = ()
+    outgoing: OutgoingMessage | None = None
+    queue_id: str | None = None
+
+    def check(self) -> None:
+        """Raise ValueError for a notification :meth:`Storage.deliver` would refuse."""
+        if self.outgoing is not None and not self.queue_id:
+            raise ValueError("a queued notification needs a queue id")
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to store: no mailbox and no recipient."""
+        return not self.targets and (self.outgoing is None or not self.outgoing.recipients)
+
+
+@dataclass(frozen=True, slots=True)
 class QueueEntry:
     """One destination domain of one queued message (DESIGN.md §6)."""
 
@@ -331,10 +355,25 @@ class Storage(Protocol):
     async def quota_usage(self, account_id: int) -> tuple[int, int]: ...
 
     # -- the outgoing queue (DESIGN.md §6) ----------------------------------------------
+    # Time on the queue: leases (``lease_until``) are always set and compared on the
+    # database clock, inside the statement (PostgreSQL's ``clock_timestamp()``; SQLite's is the
+    # one machine's clock, read inside the writer transaction), never on a caller's clock, so
+    # nodes with skewed clocks cannot steal or instantly expire each other's leases. Due times
+    # are compared on the database clock too; ``now`` arguments only override that comparison
+    # (tests and tools).
     async def queue_claim(
         self, owner: str, lease: float, limit: int, now: float | None = None
-    ) -> list[QueueEntry]: ...
-    async def queue_renew(self, entry_ids: Sequence[int], owner: str, lease: float) -> int: ...
+    ) -> list[QueueEntry]:
+        """Lease up to ``limit`` entries that are due (``due <= now``, default the database
+        clock) and not leased (``lease_until`` passed on the database clock) to ``owner``
+        until the database clock + ``lease``."""
+        ...
+
+    async def queue_renew(self, entry_ids: Sequence[int], owner: str, lease: float) -> int:
+        """Extend ``owner``'s leases to the database clock + ``lease`` (negative: release);
+        returns how many it still holds."""
+        ...
+
     async def queue_update(
         self,
         entry_id: int,
@@ -343,11 +382,39 @@ class Storage(Protocol):
         due: float,
         last_error: str,
         warned: bool = False,
-    ) -> bool: ...
+        *,
+        relative_to: float | None = None,
+        notification: Notification | None = None,
+    ) -> bool:
+        """Finish an attempt in one transaction: keep ``remaining`` recipients for another try
+        at ``due`` (none left: the entry is done, and with the message's last entry the
+        message), release the lease and store ``notification`` (the DSN the attempt calls
+        for). ``relative_to``: the caller's clock reading ``due`` was computed from; the entry
+        is then due at the database clock + (``due`` - ``relative_to``).
+
+        Returns False, changing nothing and storing no notification, when ``owner`` no longer
+        holds the entry (another node claimed it after the lease expired). A notification
+        that cannot be stored (e.g. :class:`QuotaExceeded`, :class:`NotFound`) raises, and
+        the entry is left as it was."""
+        ...
+
     async def queue_entries(self, queue_id: str | None = None) -> list[QueueEntry]: ...
-    async def queue_remove(self, queue_id: str) -> list[QueueEntry]: ...
+    async def queue_remove(
+        self,
+        queue_id: str,
+        report: Callable[[list[QueueEntry]], Notification | None] | None = None,
+    ) -> list[QueueEntry]:
+        """Delete a queued message (all its entries); returns what was removed. ``report``
+        is called, inside the transaction, with the entries being removed and its
+        notification is stored in that transaction (it must be a pure function: it may run
+        on another thread, and more than once). :class:`NotFound` when no such message."""
+        ...
+
     async def queue_flush(self, now: float | None = None) -> int: ...
-    async def queue_next_due(self) -> float | None: ...
+    async def queue_next_wait(self) -> float | None:
+        """Seconds, on the database clock, until the earliest entry becomes claimable (0:
+        now); None when the queue is empty."""
+        ...
 
     # -- POP3 maildrop locks (RFC 1939 §8), held across every node sharing the storage ------
     async def maildrop_lock(

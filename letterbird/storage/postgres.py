@@ -12,8 +12,9 @@
   node allocate and become visible in increasing order (DESIGN.md §5).
 - **Message bytes** are stored once per sha256 in ``blobs`` + ``blob_chunks`` (``bytea`` rows of
   256 KiB), reference-counted in the same transaction as the metadata that points at them.
-- **The queue** is claimed with ``FOR UPDATE SKIP LOCKED`` (DESIGN.md §6); leases are measured
-  on the database clock, which every node shares, unless the caller passes its own ``now``.
+- **The queue** is claimed with ``FOR UPDATE SKIP LOCKED`` (DESIGN.md §6); leases are set and
+  compared on the database clock (``clock_timestamp()`` in the statement), which every node
+  shares, never on a node's clock; due times are compared on it too.
 - **Change events** cross nodes with LISTEN/NOTIFY (:mod:`letterbird.storage.pg_events`).
 - **POP3 maildrop locks** are session-level advisory locks held on one dedicated connection per
   node: a node that dies releases its locks with its connection.
@@ -54,6 +55,7 @@ from letterbird.storage.interface import (
     MailboxStatus,
     MessageRecord,
     NotFound,
+    Notification,
     OutgoingMessage,
     QueueEntry,
     QueueRecipient,
@@ -1087,24 +1089,32 @@ class PgStorage:
         if outgoing is not None and not queue_id:
             raise ValueError("a queued message needs a queue id")
         now = time.time()
+        return await self._write(
+            lambda c: self._deliver_tx(c, blob, targets, outgoing, queue_id, now)
+        )
 
-        async def fn(c: Conn) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
-            refs = len(targets) + (1 if outgoing is not None else 0)
-            blob_id = await self._store_blob_tx(c, blob, refs)
-            out: list[tuple[int, int]] = []
-            events: list[ChangeEvent] = []
-            for t in targets:
-                mailbox_id, uid, modseq = await self._deliver_one(c, t, blob.size, blob_id, now)
-                out.append((mailbox_id, uid))
-                events.append(
-                    ChangeEvent(t.account_id, mailbox_id, ChangeKind.APPEND, (uid,), modseq)
-                )
-            if outgoing is not None:
-                assert queue_id is not None
-                await self._enqueue_tx(c, queue_id, blob_id, outgoing)
-            return out, events
-
-        return await self._write(fn)
+    async def _deliver_tx(
+        self,
+        c: Conn,
+        blob: BlobSource,
+        targets: Sequence[AppendTarget],
+        outgoing: OutgoingMessage | None,
+        queue_id: str | None,
+        now: float,
+    ) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
+        """The body of :meth:`deliver` (also a notification stored with a queue change)."""
+        refs = len(targets) + (1 if outgoing is not None else 0)
+        blob_id = await self._store_blob_tx(c, blob, refs)
+        out: list[tuple[int, int]] = []
+        events: list[ChangeEvent] = []
+        for t in targets:
+            mailbox_id, uid, modseq = await self._deliver_one(c, t, blob.size, blob_id, now)
+            out.append((mailbox_id, uid))
+            events.append(ChangeEvent(t.account_id, mailbox_id, ChangeKind.APPEND, (uid,), modseq))
+        if outgoing is not None:
+            assert queue_id is not None
+            await self._enqueue_tx(c, queue_id, blob_id, outgoing)
+        return out, events
 
     # -- the outgoing queue ----------------------------------------------------------------
     @staticmethod
@@ -1163,19 +1173,22 @@ class PgStorage:
     async def queue_claim(
         self, owner: str, lease: float, limit: int, now: float | None = None
     ) -> list[QueueEntry]:
-        """Lease up to ``limit`` due entries to ``owner`` until now + ``lease``.
+        """Lease up to ``limit`` due entries to ``owner`` until the database clock + ``lease``.
 
-        ``now`` defaults to the database clock, which every node shares. Rows another node is
-        claiming at this instant are skipped (``FOR UPDATE SKIP LOCKED``), never waited for.
+        Leases are set and compared on the database clock, which every node shares, whatever
+        the caller's clock says; ``now`` overrides the database clock for the due comparison
+        only (tests, tools). Rows another node is claiming at this instant are skipped
+        (``FOR UPDATE SKIP LOCKED``), never waited for.
         """
 
         async def fn(c: Conn) -> tuple[list[QueueEntry], list[ChangeEvent]]:
             rows = await c.fetch(
-                f"WITH t AS (SELECT coalesce($1::float8, {_DB_NOW}) AS now), "
-                "due AS (SELECT e.id FROM queue_entries e, t WHERE e.due <= t.now AND "
-                "(e.lease_until IS NULL OR e.lease_until < t.now) "
+                f"WITH t AS (SELECT {_DB_NOW} AS db), "
+                "due AS (SELECT e.id FROM queue_entries e, t "
+                "WHERE e.due <= coalesce($1::float8, t.db) AND "
+                "(e.lease_until IS NULL OR e.lease_until < t.db) "
                 "ORDER BY e.due, e.id LIMIT $2 FOR UPDATE OF e SKIP LOCKED), "
-                "upd AS (UPDATE queue_entries e SET owner = $3, lease_until = t.now + $4 "
+                "upd AS (UPDATE queue_entries e SET owner = $3, lease_until = t.db + $4 "
                 "FROM due, t WHERE e.id = due.id RETURNING e.*) "
                 "SELECT e.id, e.queue_id, e.domain, e.recipients, e.due, e.attempts, "
                 "e.last_error, e.owner, e.lease_until, e.created, e.warned, q.sender, q.envid, "
@@ -1191,7 +1204,8 @@ class PgStorage:
         return await self._write(fn)
 
     async def queue_renew(self, entry_ids: Sequence[int], owner: str, lease: float) -> int:
-        """Extend our leases (from the database clock); returns how many we still hold."""
+        """Extend our leases (from the database clock; negative: release); returns how many
+        we still hold."""
         ids = list(entry_ids)
 
         async def fn(c: Conn) -> tuple[int, list[ChangeEvent]]:
@@ -1214,13 +1228,25 @@ class PgStorage:
         due: float,
         last_error: str,
         warned: bool = False,
+        *,
+        relative_to: float | None = None,
+        notification: Notification | None = None,
     ) -> bool:
         """Finish an attempt: keep ``remaining`` recipients for another try at ``due`` (none
-        left: the entry is done and, with the message's last entry, the message too).
+        left: the entry is done and, with the message's last entry, the message too), and
+        store ``notification``, all in one transaction (see :class:`Storage`).
 
         Returns False when our lease was lost (another node took the entry): nothing changes.
+        A lease that expired but that nobody took is still ours (nobody else can be
+        delivering the entry: taking it over changes the owner). With ``relative_to`` the
+        entry is due at the database clock + (``due`` - ``relative_to``).
         """
         rest = tuple(remaining)
+        if notification is not None:
+            notification.check()
+        # the due time: as given, or the caller's delay added to the database clock
+        at = "$2" if relative_to is None else f"{_DB_NOW} + $2"
+        due_arg = float(due) if relative_to is None else float(due) - relative_to
 
         async def fn(c: Conn) -> tuple[bool, list[ChangeEvent]]:
             row = await c.fetchrow(
@@ -1230,10 +1256,10 @@ class PgStorage:
                 return False, []
             if rest:
                 await c.execute(
-                    "UPDATE queue_entries SET recipients=$1, due=$2, attempts=attempts+1, "
+                    f"UPDATE queue_entries SET recipients=$1, due={at}, attempts=attempts+1, "
                     "last_error=$3, owner=NULL, lease_until=NULL, warned=$4 WHERE id=$5",
                     _rcpts_to_json(rest),
-                    float(due),
+                    due_arg,
                     last_error,
                     warned,
                     entry_id,
@@ -1241,9 +1267,19 @@ class PgStorage:
             else:
                 await c.execute("DELETE FROM queue_entries WHERE id=$1", entry_id)
                 await self._drop_queue_message_if_done(c, row[0])
-            return True, []
+            return True, await self._notify_tx(c, notification)
 
         return await self._write(fn)
+
+    async def _notify_tx(self, c: Conn, n: Notification | None) -> list[ChangeEvent]:
+        """Store a notification inside a queue transaction; returns its change events."""
+        if n is None or n.empty:
+            return []
+        n.check()
+        _, events = await self._deliver_tx(
+            c, n.blob, n.targets, n.outgoing, n.queue_id, time.time()
+        )
+        return events
 
     async def _drop_queue_message_if_done(self, c: Conn, queue_id: str) -> None:
         left = await c.fetchval("SELECT count(*) FROM queue_entries WHERE queue_id=$1", queue_id)
@@ -1264,8 +1300,13 @@ class PgStorage:
             )
         return [self._entry(r) for r in rows]
 
-    async def queue_remove(self, queue_id: str) -> list[QueueEntry]:
-        """Delete a queued message (all its entries); returns what was removed."""
+    async def queue_remove(
+        self,
+        queue_id: str,
+        report: Callable[[list[QueueEntry]], Notification | None] | None = None,
+    ) -> list[QueueEntry]:
+        """Delete a queued message (all its entries) and store the notification ``report``
+        makes of them, in one transaction; returns what was removed."""
 
         async def fn(c: Conn) -> tuple[list[QueueEntry], list[ChangeEvent]]:
             exists = await c.fetchval(
@@ -1278,7 +1319,9 @@ class PgStorage:
             )
             await c.execute("DELETE FROM queue_entries WHERE queue_id=$1", queue_id)
             await self._drop_queue_message_if_done(c, queue_id)
-            return [self._entry(r) for r in rows], []
+            removed = [self._entry(r) for r in rows]
+            note = report(removed) if report is not None else None
+            return removed, await self._notify_tx(c, note)
 
         return await self._write(fn)
 
@@ -1295,14 +1338,15 @@ class PgStorage:
 
         return await self._write(fn)
 
-    async def queue_next_due(self) -> float | None:
-        """When the earliest entry not leased by anyone becomes due (None: queue empty)."""
+    async def queue_next_wait(self) -> float | None:
+        """Seconds, on the database clock, until the earliest entry is due and not leased
+        (None: queue empty)."""
         row = await self._fetchrow(
-            f"SELECT min(greatest(due, coalesce(lease_until, 0))), {_DB_NOW} FROM queue_entries"
+            f"SELECT min(greatest(due, coalesce(lease_until, 0))) - {_DB_NOW} FROM queue_entries"
         )
         if row is None or row[0] is None:
             return None
-        return max(float(row[0]), float(row[1]))
+        return max(float(row[0]), 0.0)
 
     async def db_time(self) -> float:
         """The database clock (seconds since the epoch), which leases are measured on."""

@@ -4,9 +4,11 @@ schedule, delay and expiry notices, NOTIFY handling, leases, notifications and r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from queueutil import inbox, inject, parsed, parts, report_fields, run, service
@@ -14,7 +16,7 @@ from queueutil import inbox, inject, parsed, parts, report_fields, run, service
 from letterbird.config import Config
 from letterbird.delivery.dns import DnsTemporaryError, MxRecord
 from letterbird.delivery.mx import NextHop
-from letterbird.delivery.queue.service import new_queue_id, owner_id
+from letterbird.delivery.queue.service import QueueService, new_queue_id, owner_id
 from letterbird.delivery.queue.worker import (
     CONNECT_FAILED,
     MessageFeed,
@@ -26,7 +28,15 @@ from letterbird.delivery.queue.worker import (
 from letterbird.directory.service import Directory
 from letterbird.proto.smtp.client import DeliveryStatus
 from letterbird.proto.smtp.replies import Reply
-from letterbird.storage.interface import NotFound, QueueRecipient, Storage, StorageError
+from letterbird.storage.events import ChangeKind
+from letterbird.storage.interface import (
+    NotFound,
+    QueueEntry,
+    QueueRecipient,
+    Storage,
+    StorageError,
+)
+from letterbird.storage.postgres import PgStorage
 
 OK = Reply(250, "2.0.0", "Ok")
 
@@ -175,6 +185,18 @@ async def test_claims_are_bounded_by_capacity(
 # ------------------------------------------------------------------------ retries, notices
 
 
+async def attempt(storage: Storage, svc: QueueService, qid: str, delay: float) -> None:
+    """Make ``qid`` due (as if its retry time had come: due times are compared on the
+    database clock, not on the service's fake one), run one attempt, and check that the next
+    try is ``delay`` seconds later (a delay from the database clock at the commit)."""
+    await storage.queue_flush()
+    before = time.time()
+    assert await run(svc) == 1
+    after = time.time()
+    [entry] = await storage.queue_entries(qid)
+    assert entry.due - after - 0.001 <= delay <= entry.due - before + 0.001
+
+
 async def test_retry_schedule_delay_notice_and_expiry(
     config: Config, storage: Storage, alice: Directory
 ) -> None:
@@ -193,18 +215,15 @@ async def test_retry_schedule_delay_notice_and_expiry(
     qid = await inject(storage, ["bob@bob.test"], envid="E1")
     [created] = [e.created for e in await storage.queue_entries(qid)]
     now[0] = created
-    expected_due = []
-    for step in (0, 10, 20):
+    for step, delay in ((0, 10.0), (10, 20.0), (20, 20.0)):  # the last interval repeats
         now[0] += step
-        assert await run(svc) == 1
+        await attempt(storage, svc, qid, delay)
         [entry] = await storage.queue_entries(qid)
-        expected_due.append(entry.due - now[0])
         assert entry.last_error == "127.0.0.3[127.0.0.3]:25 said: 451 4.3.0 try later"
         assert await run(svc) == 0  # not due again yet
-    assert expected_due == [10.0, 20.0, 20.0]  # the last interval repeats
     assert await inbox(storage, alice, "alice@alice.test") == []  # 30 s: before warn_after
     now[0] += 20  # 50 s after arrival: past warn_after
-    await run(svc)
+    await attempt(storage, svc, qid, 10.0)  # the last try is at the expiry, 60 s
     [delay] = await inbox(storage, alice, "alice@alice.test")
     groups = report_fields(delay)
     assert groups[0]["Original-Envelope-Id"] == "E1"
@@ -213,8 +232,8 @@ async def test_retry_schedule_delay_notice_and_expiry(
     assert "Will-Retry-Until" in groups[1]
     [entry] = await storage.queue_entries(qid)
     assert entry.warned
-    assert entry.due == pytest.approx(created + 60.0)  # the last try is at the expiry
     now[0] = created + 60.0
+    await storage.queue_flush()
     await run(svc)
     assert await storage.queue_entries(qid) == []
     notices = await inbox(storage, alice, "alice@alice.test")
@@ -242,6 +261,7 @@ async def test_notify_never_and_failure_only(
     await run(svc)
     assert await inbox(storage, alice, "alice@alice.test") == []  # nobody wants DELAY
     now[0] += 10
+    await storage.queue_flush()
     await run(svc)
     [dsn] = await inbox(storage, alice, "alice@alice.test")
     assert [g["Final-Recipient"] for g in report_fields(dsn)[1:]] == ["rfc822; b@bob.test"]
@@ -296,6 +316,7 @@ async def test_null_sender_delay_is_never_reported(
     await run(svc)
     assert await inbox(storage, alice, "alice@alice.test") == []
     now[0] += 2
+    await storage.queue_flush()
     await run(svc)
     [dsn] = await inbox(storage, alice, "alice@alice.test")  # postmaster: the first account
     assert report_fields(dsn)[1]["Status"] == "4.4.7"
@@ -367,10 +388,11 @@ async def test_lost_lease_writes_nothing_and_sends_no_notice(
     config: Config, storage: Storage, alice: Directory
 ) -> None:
     async def steal(message: Outbound) -> None:
-        await storage.queue_claim("thief", 60.0, 10, now=time.time() + 10**6)
+        await storage.queue_renew([message.entry.id], svc.owner, -1.0)  # our lease expired
+        assert await storage.queue_claim("thief", 60.0, 10)
 
     t = FakeTransport(replies={"bob@bob.test": Reply(550, "5.1.1", "gone")}, hook=steal)
-    svc = make(config, storage, alice, transport=t, lease=0.01)
+    svc = make(config, storage, alice, transport=t)
     await inject(storage, ["bob@bob.test"])
     await run(svc)
     [entry] = await storage.queue_entries()
@@ -413,6 +435,120 @@ async def test_leases_are_renewed_while_delivering(
     finally:
         await svc.aclose()
     assert seen and seen[0] > 0
+
+
+# ------------------------------------------------------------------------ result and DSN: one write
+
+
+def fail_notifications(storage: Storage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make storing a notification fail inside the storage transaction, after the queue
+    change was written in it."""
+    if isinstance(storage, PgStorage):
+
+        async def boom(*args: object) -> None:
+            raise StorageError("disk full")
+
+    else:
+
+        def boom(*args: object) -> None:  # type: ignore[misc]
+            raise StorageError("disk full")
+
+    monkeypatch.setattr(storage, "_notify_tx", boom)
+
+
+async def test_a_failed_write_loses_neither_the_result_nor_the_report(
+    config: Config, storage: Storage, alice: Directory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = FakeTransport(replies={"gone@bob.test": Reply(550, "5.1.1", "no such user")})
+    svc = make(config, storage, alice, transport=t)
+    qid = await inject(storage, ["gone@bob.test", "ok@bob.test"])
+    fail_notifications(storage, monkeypatch)
+    await run(svc)
+    assert len(t.sessions) == 1
+    # nothing was written: the entry keeps both recipients (and our lease, until it expires)
+    [entry] = await storage.queue_entries(qid)
+    assert [r.address for r in entry.recipients] == ["gone@bob.test", "ok@bob.test"]
+    assert entry.attempts == 0 and entry.owner == svc.owner
+    assert await inbox(storage, alice, "alice@alice.test") == []
+    assert not svc.busy  # no longer renewed
+    # the storage is back and the lease ran out: the next attempt reports again
+    monkeypatch.undo()
+    await storage.queue_renew([entry.id], svc.owner, -1.0)
+    account = await alice.get_user("alice@alice.test")
+    with storage.bus.subscribe(account.id) as sub:
+        await run(svc)
+        event = await asyncio.wait_for(sub.get(), 2)  # IMAP IDLE sees the bounce
+    assert event.kind is ChangeKind.APPEND
+    assert await storage.queue_entries() == []
+    [dsn] = await inbox(storage, alice, "alice@alice.test")
+    [rcpt] = report_fields(dsn)[1:]
+    assert (rcpt["Final-Recipient"], rcpt["Action"]) == ("rfc822; gone@bob.test", "failed")
+
+
+async def test_a_report_its_mailbox_refuses_is_dropped_not_retried_forever(
+    config: Config,
+    storage: Storage,
+    alice: Directory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    account = await alice.get_user("alice@alice.test")
+    await storage.set_quota(account.id, 10)  # the sender's mailbox is full
+    t = FakeTransport(replies={"gone@bob.test": Reply(550, "5.1.1", "no such user")})
+    svc = make(config, storage, alice, transport=t)
+    await inject(storage, ["gone@bob.test", "ok@bob.test"])
+    await run(svc)
+    assert await storage.queue_entries() == []  # the result is written: not delivered again
+    assert await inbox(storage, alice, "alice@alice.test") == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("queue.dsn_refused" in m for m in messages)
+    assert any("queue.dsn_dropped" in m and "quota" in m for m in messages)
+
+
+async def test_a_report_whose_account_went_away_is_routed_again(
+    config: Config,
+    storage: Storage,
+    alice: Directory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    t = FakeTransport(replies={"gone@bob.test": Reply(550, "5.1.1", "no such user")})
+    svc = make(config, storage, alice, transport=t)
+    real = svc._report_route
+    calls = [0]
+
+    async def stale(entry: QueueEntry) -> Any:
+        calls[0] += 1
+        route = await real(entry)
+        if calls[0] == 1:  # routed to an account removed before the write
+            return dataclasses.replace(route, accounts=(10**6,))
+        return route
+
+    monkeypatch.setattr(svc, "_report_route", stale)
+    await inject(storage, ["gone@bob.test"])
+    await run(svc)
+    assert calls[0] == 2
+    assert await storage.queue_entries() == []
+    assert len(await inbox(storage, alice, "alice@alice.test")) == 1
+
+
+async def test_remove_and_its_report_are_one_write(
+    config: Config, storage: Storage, alice: Directory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = make(config, storage, alice)
+    qid = await inject(storage, ["bob@bob.test", "x@dave.test"])
+    before = await storage.queue_entries(qid)
+    fail_notifications(storage, monkeypatch)
+    with pytest.raises(StorageError):
+        await svc.remove(qid)
+    assert await storage.queue_entries(qid) == before
+    assert await inbox(storage, alice, "alice@alice.test") == []
+    monkeypatch.undo()
+    account = await alice.get_user("alice@alice.test")
+    await storage.set_quota(account.id, 10)
+    with pytest.raises(StorageError, match="not removed"):
+        await svc.remove(qid)
+    assert await storage.queue_entries(qid) == before
+    await svc.remove(qid, silent=True)  # tell nobody
+    assert await storage.queue_entries() == []
 
 
 # ------------------------------------------------------------------------ notify and remove
@@ -493,6 +629,7 @@ async def test_unreachable_host_delay_and_expiry_use_the_session_failure(
     assert rcpt["Diagnostic-Code"].startswith("X-Letterbird; 127.0.0.3[127.0.0.3]:25: 451 4.4.1")
     assert "Remote-MTA" not in rcpt
     now[0] += 100
+    await storage.queue_flush()
     await run(svc)
     failure = (await inbox(storage, alice, "alice@alice.test"))[1]
     rcpt = report_fields(failure)[1]

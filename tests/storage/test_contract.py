@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ from letterbird.storage.interface import (
     FlagMode,
     MailboxExists,
     NotFound,
+    Notification,
+    OutgoingMessage,
+    QueueEntry,
+    QueueRecipient,
     QuotaExceeded,
     StorageError,
 )
@@ -364,46 +369,69 @@ async def test_queue_committed_with_local_delivery(store: SqliteStorage) -> None
         await store.deliver(blob_of(sample_message(3)), [], out)  # no queue id
 
 
-async def test_queue_leases_and_updates(store: SqliteStorage) -> None:
-    from letterbird.storage.interface import OutgoingMessage, QueueRecipient
+async def _db_now(store: Any) -> float:
+    """The database clock (SQLite's is this machine's)."""
+    if isinstance(store, PgStorage):
+        return await store.db_time()
+    return time.time()
 
+
+async def test_queue_leases_and_updates(store: SqliteStorage) -> None:
     out = OutgoingMessage(
         "a@example.test", (QueueRecipient("x@r.test"), QueueRecipient("y@r.test"))
     )
     await store.deliver(blob_of(sample_message()), [], out, "Q1")
-    now = 1_000_000_000.0 * 2
-    [e] = await store.queue_claim("node-a", lease=60, limit=10, now=now)
-    assert e.owner == "node-a" and e.lease_until == now + 60
-    # leased: another node gets nothing until the lease expires
-    assert await store.queue_claim("node-b", lease=60, limit=10, now=now + 30) == []
-    # node-a's lease expired: node-b takes over, node-a's late update is refused
-    [e2] = await store.queue_claim("node-b", lease=60, limit=10, now=now + 61)
-    assert e2.id == e.id
-    assert not await store.queue_update(e.id, "node-a", [], now, "")
-    # node-b: one recipient delivered, one to retry later
+    before = await _db_now(store)
+    # the lease is set on the database clock, whatever ``now`` the caller passes
+    [e] = await store.queue_claim("node-a", lease=60, limit=10, now=before + 3600)
+    after = await _db_now(store)
+    assert e.owner == "node-a" and e.lease_until is not None
+    assert before + 60 <= e.lease_until <= after + 60
+    assert (await store.queue_entries("Q1"))[0].lease_until == e.lease_until
+    # leased: another node gets nothing until the lease expires, whatever its clock says
+    assert await store.queue_claim("node-b", lease=60, limit=10) == []
+    assert await store.queue_claim("node-b", lease=60, limit=10, now=before + 10**6) == []
+    # node-a's lease expired (as if it had died a while ago): node-b takes over, node-a's
+    # late update is refused
+    assert await store.queue_renew([e.id], "node-a", -1.0) == 1
+    [e2] = await store.queue_claim("node-b", lease=60, limit=10)
+    assert e2.id == e.id and e2.owner == "node-b"
+    assert not await store.queue_update(e.id, "node-a", [], 0, "")
+    # node-b: one recipient delivered, one to retry 300 s later; its clock reads 1000.0:
+    # the delay is kept, from the database clock
+    before = await _db_now(store)
     assert await store.queue_update(
-        e.id, "node-b", [QueueRecipient("y@r.test")], now + 300, "451 4.3.0 try later"
+        e.id, "node-b", [QueueRecipient("y@r.test")], 1300.0, "451 4.3.0 later", relative_to=1000.0
     )
+    after = await _db_now(store)
     [left] = await store.queue_entries("Q1")
-    assert (left.attempts, left.last_error, left.owner) == (1, "451 4.3.0 try later", None)
+    assert (left.attempts, left.last_error, left.owner) == (1, "451 4.3.0 later", None)
     assert [r.address for r in left.recipients] == ["y@r.test"]
-    assert await store.queue_claim("node-b", lease=60, limit=10, now=now + 100) == []
-    assert await store.queue_next_due() is not None
-    assert await store.queue_flush(now=now + 100) == 1
-    [again] = await store.queue_claim("node-b", lease=60, limit=10, now=now + 100)
+    assert before + 300 <= left.due <= after + 300
+    # not due on the database clock; ``now`` overrides the due comparison (tests, tools)
+    assert await store.queue_claim("node-b", lease=60, limit=10) == []
+    wait = await store.queue_next_wait()
+    assert wait is not None and 290 < wait <= 300
+    assert await store.queue_flush() == 1
+    assert await store.queue_next_wait() == 0
+    [again] = await store.queue_claim("node-b", lease=60, limit=10)
+    wait = await store.queue_next_wait()  # leased: claimable when the lease runs out
+    assert wait is not None and 50 < wait <= 60
     assert await store.queue_renew([again.id], "node-b", 120) == 1
     assert await store.queue_renew([again.id], "node-a", 120) == 0
+    # without ``relative_to`` the due time is stored as given
+    assert await store.queue_update(again.id, "node-b", again.recipients, 2e9, "x")
+    assert (await store.queue_entries("Q1"))[0].due == 2e9
+    [again] = await store.queue_claim("node-b", lease=60, limit=10, now=2e9)
     # done: the entry, the queued message and the blob go away
     assert await store.queue_update(again.id, "node-b", [], 0, "")
     assert await store.queue_entries() == []
     count = await _blob_count(store)
     assert count == 0
-    assert await store.queue_next_due() is None
+    assert await store.queue_next_wait() is None
 
 
 async def test_queue_remove(store: SqliteStorage) -> None:
-    from letterbird.storage.interface import OutgoingMessage, QueueRecipient
-
     out = OutgoingMessage(
         "a@example.test", (QueueRecipient("x@r.test"), QueueRecipient("y@s.test"))
     )
@@ -413,6 +441,180 @@ async def test_queue_remove(store: SqliteStorage) -> None:
     assert await store.queue_entries() == []
     with pytest.raises(NotFound):
         await store.queue_remove("Q9")
+
+
+# -- a queue change and the notification it calls for: one transaction ----------------------
+DSN = b"Return-Path: <>\r\nFrom: MAILER-DAEMON@example.test\r\nSubject: failed\r\n\r\nx\r\n"
+
+
+def _dsn(*accounts: int, remote: str | None = None, queue_id: str = "QDSN") -> Notification:
+    outgoing = OutgoingMessage("", (QueueRecipient(remote),)) if remote else None
+    return Notification(
+        blob_of(DSN),
+        tuple(AppendTarget(a) for a in accounts),
+        outgoing,
+        queue_id if remote else None,
+    )
+
+
+async def _claimed(store: Any, queue_id: str = "Q1") -> tuple[Account, QueueEntry]:
+    bob = await _account(store)
+    out = OutgoingMessage(
+        "bob@example.test", (QueueRecipient("x@r.test"), QueueRecipient("y@r.test"))
+    )
+    await store.deliver(blob_of(sample_message()), [], out, queue_id)
+    [entry] = await store.queue_claim("node-a", lease=60, limit=10)
+    return bob, entry
+
+
+async def _inbox(store: Any, account: Account) -> list[bytes]:
+    mailbox = await store.get_mailbox(account.id, "INBOX")
+    if mailbox is None:
+        return []
+    return [await store.read_blob(r.blob_id) for r in await store.fetch_messages(mailbox.id)]
+
+
+async def test_queue_update_stores_its_notification(store: SqliteStorage) -> None:
+    bob, entry = await _claimed(store)
+    with store.bus.subscribe(bob.id) as sub:
+        assert await store.queue_update(
+            entry.id,
+            "node-a",
+            [QueueRecipient("y@r.test")],
+            0.0,
+            "451 later",
+            notification=_dsn(bob.id, remote="far@away.test"),
+        )
+        ev = await asyncio.wait_for(sub.get(), 2)  # IMAP IDLE sees the report
+        assert ev.kind is ChangeKind.APPEND and ev.uids == (1,)
+    assert await _inbox(store, bob) == [DSN]
+    queued = {e.queue_id: e for e in await store.queue_entries()}
+    assert [r.address for r in queued["Q1"].recipients] == ["y@r.test"]
+    assert queued["Q1"].attempts == 1 and queued["Q1"].owner is None
+    assert queued["QDSN"].sender == "" and queued["QDSN"].recipients == (
+        QueueRecipient("far@away.test"),
+    )
+    # the last attempt: the entry and its message go, the report stays
+    claimed = {e.queue_id: e for e in await store.queue_claim("node-a", lease=60, limit=10)}
+    assert await store.queue_update(
+        claimed["Q1"].id, "node-a", [], 0.0, "", notification=_dsn(bob.id)
+    )
+    assert await _inbox(store, bob) == [DSN, DSN]
+    assert [e.queue_id for e in await store.queue_entries()] == ["QDSN"]
+    # a queued notification needs a queue id
+    with pytest.raises(ValueError):
+        await store.queue_update(
+            claimed["QDSN"].id,
+            "node-a",
+            [],
+            0.0,
+            "",
+            notification=_dsn(remote="a@b.test", queue_id=""),
+        )
+    assert await store.queue_update(claimed["QDSN"].id, "node-a", [], 0.0, "")
+    assert await store.queue_entries() == []
+
+
+async def test_queue_update_with_a_lost_lease_stores_nothing(store: SqliteStorage) -> None:
+    bob, entry = await _claimed(store)
+    await store.queue_renew([entry.id], "node-a", -1.0)  # expired: node-b takes it over
+    [taken] = await store.queue_claim("node-b", lease=60, limit=10)
+    for remaining in ([QueueRecipient("y@r.test")], []):
+        note = _dsn(bob.id, remote="far@away.test")
+        assert not await store.queue_update(
+            entry.id, "node-a", remaining, 0.0, "x", notification=note
+        )
+    assert await _inbox(store, bob) == []
+    [left] = await store.queue_entries()
+    assert left == taken
+
+
+def _fail_notifications(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make storing any notification fail inside the transaction (after the queue change)."""
+    if isinstance(store, PgStorage):
+
+        async def boom(*args: object) -> None:
+            raise StorageError("disk full")
+
+    else:
+
+        def boom(*args: object) -> None:  # type: ignore[misc]
+            raise StorageError("disk full")
+
+    monkeypatch.setattr(store, "_notify_tx", boom)
+
+
+@pytest.mark.parametrize("failure", ["no-account", "quota", "queue-id", "injected"])
+@pytest.mark.parametrize("finished", [False, True])
+async def test_queue_update_whose_notification_fails_changes_nothing(
+    store: SqliteStorage, monkeypatch: pytest.MonkeyPatch, failure: str, finished: bool
+) -> None:
+    """The attempt's result is written first, then its report: a report that cannot be
+    stored undoes the result too (the entry keeps its recipients, to be reported later)."""
+    bob, entry = await _claimed(store)
+    other = OutgoingMessage("", (QueueRecipient("a@b.test"),))
+    await store.deliver(blob_of(sample_message(2)), [], other, "QX")
+    blobs = await _blob_count(store)
+    remaining = [] if finished else [QueueRecipient("y@r.test")]
+    note = _dsn(bob.id)
+    expected: type[StorageError] = StorageError
+    if failure == "no-account":
+        note = _dsn(bob.id, bob.id + 1000)
+        expected = NotFound
+    elif failure == "quota":
+        await store.set_quota(bob.id, 10)
+        expected = QuotaExceeded
+    elif failure == "queue-id":
+        note = _dsn(bob.id, remote="far@away.test", queue_id="QX")  # in use
+    else:
+        _fail_notifications(store, monkeypatch)
+    with pytest.raises(expected):
+        await store.queue_update(entry.id, "node-a", remaining, 0.0, "x", notification=note)
+    # as claimed: same recipients, lease, due; the message and its blob still there
+    assert await store.queue_entries("Q1") == [entry]
+    assert [e.queue_id for e in await store.queue_entries()] == ["Q1", "QX"]
+    assert await _inbox(store, bob) == []
+    assert await _blob_count(store) == blobs
+    assert (await store.get_account(bob.id)).used == 0  # type: ignore[union-attr]
+    monkeypatch.undo()
+    await store.set_quota(bob.id, 0)
+    # the next try writes both
+    assert await store.queue_update(
+        entry.id, "node-a", remaining, 0.0, "x", notification=_dsn(bob.id)
+    )
+    assert await _inbox(store, bob) == [DSN]
+
+
+async def test_queue_remove_stores_its_report(
+    store: SqliteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bob, entry = await _claimed(store)
+    seen: list[list[QueueEntry]] = []
+
+    def report(removed: list[QueueEntry]) -> Notification | None:
+        seen.append(removed)
+        return _dsn(bob.id)
+
+    _fail_notifications(store, monkeypatch)
+    with pytest.raises(StorageError):
+        await store.queue_remove("Q1", report)
+    assert await store.queue_entries() == [entry] and await _inbox(store, bob) == []
+    monkeypatch.undo()
+    with pytest.raises(NotFound):  # the report's account is gone: nothing removed
+        await store.queue_remove("Q1", lambda removed: _dsn(bob.id + 1000))
+    assert await store.queue_entries() == [entry]
+    with store.bus.subscribe(bob.id) as sub:
+        removed = await store.queue_remove("Q1", report)
+        assert (await asyncio.wait_for(sub.get(), 2)).kind is ChangeKind.APPEND
+    assert removed == [entry] and seen[-1] == [entry]
+    assert await store.queue_entries() == []
+    assert await _inbox(store, bob) == [DSN]
+    # no report: nothing stored
+    await store.deliver(
+        blob_of(sample_message(2)), [], OutgoingMessage("", (QueueRecipient("a@b.test"),)), "Q2"
+    )
+    assert len(await store.queue_remove("Q2", lambda removed: None)) == 1
+    assert await _inbox(store, bob) == [DSN]
 
 
 async def test_migrates_from_version_1(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ Every test runs against a real server in a throw-away schema (``pgutil``); a "no
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,20 @@ from typing import Any
 import asyncpg
 import pgutil
 import pytest
-from conftest import blob_of, sample_message
+from conftest import blob_of, make_config, sample_message
 
+from letterbird.config import DeliverySettings
+from letterbird.delivery.mx import NextHop
+from letterbird.delivery.queue.service import QueueService
+from letterbird.delivery.queue.worker import (
+    MessageFeed,
+    RecipientOutcome,
+    Report,
+    SessionReport,
+)
+from letterbird.directory.service import Directory
+from letterbird.proto.smtp.client import DeliveryStatus
+from letterbird.proto.smtp.replies import Reply
 from letterbird.storage.events import ChangeKind
 from letterbird.storage.interface import (
     AppendTarget,
@@ -451,6 +465,89 @@ async def test_queue_leases_on_the_database_clock(nodes: Nodes) -> None:
     assert await b.queue_update(e.id, "node-b", [], 0, "")
     assert await a.queue_entries() == []
     assert await a.integrity_check() == []
+
+
+class _Gate:
+    """A transport that holds its session until ``release`` is set, then answers 451 for
+    every recipient (the entry is retried later)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.sessions = 0
+
+    async def session(
+        self, hop: NextHop, feed: MessageFeed, report: Report, stopping: Callable[[], bool]
+    ) -> SessionReport:
+        self.sessions += 1
+        messages = []
+        while (m := await feed.next()) is not None:
+            messages.append(m)
+        self.started.set()
+        await self.release.wait()
+        for m in messages:
+            later = Reply(451, "4.3.0", "later")
+            await report(
+                m,
+                [
+                    RecipientOutcome(r, DeliveryStatus.TEMPORARY, later, True, hop)
+                    for r in list(m.pending)
+                ],
+            )
+        return SessionReport(hop, None, len(messages), True)
+
+
+@pytest.mark.parametrize(
+    ("holder_skew", "other_skew"),
+    [
+        (0.0, 3600.0),  # a node whose clock is an hour ahead cannot steal a lease
+        (3600.0, 0.0),  # nor does its own lease last an hour too long
+        (-3600.0, 0.0),  # a lease set by a node an hour behind is not expired at once
+    ],
+)
+async def test_queue_service_on_skewed_clocks(
+    nodes: Nodes, tmp_path: Path, holder_skew: float, other_skew: float
+) -> None:
+    """Two queue services on two nodes whose clocks disagree with the database's: leases
+    and due times are on the database clock, so neither node claims what it should not."""
+    a, b = await nodes(), await nodes()
+    delivery = DeliverySettings(
+        routes={"r.test": "127.0.0.3:25"}, retry=[600.0], lease=30.0, connection_linger=0.0
+    )
+    config = dataclasses.replace(make_config(tmp_path), delivery=delivery)
+    out = OutgoingMessage("a@example.test", (QueueRecipient("x@r.test"),))
+    await a.deliver(blob_of(sample_message()), [], out, "Q1")
+    gate, idle = _Gate(), _Gate()
+
+    def skewed(skew: float) -> Callable[[], float]:
+        return lambda: time.time() + skew
+
+    holder = QueueService(
+        config, a, Directory(a, config), clock=skewed(holder_skew), transport=gate, owner="A"
+    )
+    other = QueueService(
+        config, b, Directory(b, config), clock=skewed(other_skew), transport=idle, owner="B"
+    )
+    before = await a.db_time()
+    assert await holder.run_once() == 1
+    await asyncio.wait_for(gate.started.wait(), 10)
+    after = await a.db_time()
+    [entry] = await b.queue_entries()
+    assert entry.owner == "A" and entry.lease_until is not None
+    assert before + 30 <= entry.lease_until <= after + 30  # the lease: on the database clock
+    assert await other.run_once() == 0  # leased: not taken over
+    gate.release.set()
+    await holder.wait_idle()
+    after = await a.db_time()
+    [entry] = await b.queue_entries()
+    assert (entry.owner, entry.attempts) == (None, 1)
+    # retried 600 s after the attempt, on the database clock, whatever the holder's clock
+    assert before + 600 <= entry.due <= after + 600
+    assert await other.run_once() == 0  # not due yet: not claimed early by a fast clock
+    assert await holder.run_once() == 0
+    wait = await b.queue_next_wait()
+    assert wait is not None and 590 < wait <= 600
+    assert idle.sessions == 0 and gate.sessions == 1
 
 
 async def test_concurrent_claims_never_share_an_entry(nodes: Nodes) -> None:

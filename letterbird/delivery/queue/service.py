@@ -6,10 +6,25 @@ committed with the local deliveries before SMTP's ``250``). This service is the 
 * **Scheduling.** A loop claims due entries with a *lease* (``owner`` = ``host:pid:random``,
   ``[delivery] lease``), renewed every third of the lease while they are being delivered and
   checked when the result is written (``queue_update`` refuses a lost lease), so a slow live
-  node is never raced by another. It sleeps until :meth:`Storage.queue_next_due` or
+  node is never raced by another. It sleeps until :meth:`Storage.queue_next_wait` or
   :meth:`wake`, and polls every ``poll_interval`` anyway (the CLI's ``queue flush`` and other
   nodes change due times behind its back). ``SIGUSR1`` (sent by ``letterbird queue flush``)
   wakes it and forgets the host backoff.
+* **Two clocks.** Whether a row may be claimed is decided on the *database* clock only
+  (PostgreSQL's ``clock_timestamp()`` inside the statement; SQLite's one machine): leases are
+  set, renewed and compared there, and so is "is it due?", so a node whose clock runs fast
+  neither steals a lease nor claims an entry early, and one whose clock runs slow does not set
+  leases that are already expired. ``queue_update`` checks only that we are still the owner:
+  a lease that expired but that nobody took over is still ours (a takeover changes the
+  owner). The service's injectable ``clock`` measures *intervals*: the retry schedule, the
+  delay notice (``warn_after``), the expiry (``lifetime``, from the entry's creation) and
+  host backoff. A retry time is computed on that clock and stored as a delay from the
+  database clock (``queue_update(relative_to=now)``), so a skewed node still waits the
+  retry interval, neither hammering a host nor holding an entry back by its skew; the
+  expiry and the delay notice are still compared with ``created`` (stamped by the
+  database), so a node off by S seconds warns and gives up S seconds early or late (run
+  NTP). Tests drive ``clock`` to make entries old, and make them due by writing due times
+  (:meth:`Storage.queue_flush`): a fake clock never makes a row claimable.
 * **Routing.** Each domain is resolved once per claim (:func:`resolve_next_hops`: static
   ``[delivery.routes]``, MX in preference order with equal preferences shuffled, implicit MX,
   null MX and MX-points-at-us loops as permanent errors).
@@ -25,9 +40,14 @@ committed with the local deliveries before SMTP's ``250``). This service is the 
   failures: retry along ``retry`` (the last interval repeats), a ``delayed`` DSN once after
   ``warn_after``, and a ``failed`` DSN with ``4.4.7`` once ``lifetime`` has passed.
 * **DSNs** (:mod:`letterbird.delivery.dsn`) go to the envelope sender with the null reverse
-  path (:meth:`notify`); NOTIFY=NEVER gets none; a message with the null sender is never
-  bounced to its sender: its failure report goes to the postmaster account, locally, so
-  bounces never loop.
+  path (routed as :meth:`notify` does); NOTIFY=NEVER gets none; a message with the null
+  sender is never bounced to its sender: its failure report goes to the postmaster account,
+  locally, so bounces never loop. A DSN is built and routed *before* the attempt's result
+  is written and stored in the same transaction (``queue_update(notification=…)``; the
+  removal and its DSN likewise), so a crash can lose neither without the other, and a lost
+  lease writes neither. If that transaction fails the entry stays as it was, to be tried
+  and reported again; if only the DSN's mailbox refuses it (over quota), the result is
+  written without it, logged (``queue.dsn_dropped``), rather than redelivering forever.
 
 Time comes from an injectable ``clock`` and every interval is a setting, so tests never sleep
 for minutes. One structured log line per attempt: ``queue.attempt id=… domain=… host=…
@@ -47,9 +67,9 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
-from dataclasses import replace
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from letterbird.config import Config, DeliverySettings, parse_hostport
 from letterbird.delivery.dns import Resolver
@@ -74,14 +94,18 @@ from letterbird.storage.interface import (
     AppendTarget,
     BlobSource,
     NotFound,
+    Notification,
     OutgoingMessage,
     QueueEntry,
     QueueRecipient,
+    QuotaExceeded,
     Storage,
     StorageError,
 )
 
 log = logging.getLogger("letterbird.queue")
+
+_T = TypeVar("_T")
 
 __all__ = ["LOCAL_ERROR", "REMOVED", "QueueService", "new_queue_id", "owner_id"]
 
@@ -255,10 +279,10 @@ class QueueService:
         poll = self.settings.poll_interval
         if len(self._inflight) >= self.max_inflight:
             return poll  # a finishing delivery wakes the loop
-        due = await self.storage.queue_next_due()
-        if due is None:
+        wait = await self.storage.queue_next_wait()  # on the database clock
+        if wait is None:
             return poll
-        delay = min(poll, max(0.0, due - self.clock()))
+        delay = min(poll, wait)
         return delay if claimed else max(delay, MIN_PAUSE)
 
     async def run_once(self) -> int:
@@ -266,9 +290,7 @@ class QueueService:
         free = self.max_inflight - len(self._inflight)
         if free <= 0 or self._stopping:
             return 0
-        entries = await self.storage.queue_claim(
-            self.owner, self.settings.lease, free, now=self.clock()
-        )
+        entries = await self.storage.queue_claim(self.owner, self.settings.lease, free)
         for entry in entries:
             self._inflight[entry.id] = entry
         if entries:
@@ -387,7 +409,11 @@ class QueueService:
             return
         for message in batch.messages:
             if not message.finished:
-                await self._finish(message, not_before=not_before)
+                try:
+                    await self._finish(message, not_before=not_before)
+                except Exception as exc:  # storage down: the lease will expire; go on
+                    log.error("queue: cannot record an attempt: %r", exc, exc_info=exc)
+                    self._inflight.pop(message.entry.id, None)
 
     def _forget(self, batch: _Batch) -> None:
         open_batches = self._open.get(batch.hops, [])
@@ -510,7 +536,9 @@ class QueueService:
         not_before: float | None = None,
         retry_now: bool = False,
     ) -> None:
-        """Write one attempt's result for an entry and send the DSNs it calls for."""
+        """Write one attempt's result for an entry and the DSN it calls for, in one storage
+        transaction: the DSN is built and routed first, so after the commit nothing is left
+        to do but waking the queue (a crash loses neither the result nor the report)."""
         message.finished = True
         message.body.release()
         message.seven_bit = None
@@ -568,10 +596,25 @@ class QueueService:
             due = next_attempt(now, entry.attempts + 1, entry.created, s.lifetime, s.retry)
             if not_before is not None:
                 due = min(max(due, not_before), max(expires, now))
-        try:
-            ok = await self.storage.queue_update(
-                entry.id, self.owner, remaining, due, last_error, warned
+
+        async def make() -> _Report | None:
+            return await self._report(entry, report, original, full)
+
+        async def write(dsn: _Report | None) -> bool:
+            # ``due`` is on our clock: the storage keeps the delay, from the database clock
+            return await self.storage.queue_update(
+                entry.id,
+                self.owner,
+                remaining,
+                due,
+                last_error,
+                warned,
+                relative_to=now,
+                notification=dsn.notification if dsn is not None else None,
             )
+
+        try:
+            ok, dsn = await self._with_report(entry, make if report else None, write)
         finally:
             self._inflight.pop(entry.id, None)
         result = _result_name(delivered, failed, remaining, expired)
@@ -596,11 +639,66 @@ class QueueService:
         if not ok:
             event(log, "queue.lease_lost", level=logging.WARNING, id=entry.queue_id)
             return
-        if report:
+        if dsn is not None:
+            self._reported(entry, dsn)
+
+    async def _with_report(
+        self,
+        entry: QueueEntry,
+        make: Callable[[], Awaitable[_Report | None]] | None,
+        write: Callable[[_Report | None], Awaitable[_T]],
+    ) -> tuple[_T, _Report | None]:
+        """``write`` a queue change together with the DSN ``make`` builds (None: no DSN).
+
+        When the DSN's mailbox refuses it (over quota, or the account went away since it was
+        routed), it is routed once more (an address no longer ours goes to the postmaster);
+        refused again, the change is written without it and that is logged: failing the
+        change would leave the entry to be delivered and reported again and again. Any other
+        failure raises, and nothing is written."""
+        try:
+            dsn = await make() if make is not None else None
+        except StorageError:
+            raise  # (directory lookups) the entry is tried and reported again later
+        except Exception as exc:  # a bug building the DSN must not make the entry loop
+            log.error("queue: cannot build the DSN for %s: %r", entry.queue_id, exc, exc_info=exc)
+            event(log, "queue.dsn_failed", level=logging.ERROR, id=entry.queue_id, error=exc)
+            dsn = make = None
+        try:
+            return await write(dsn), dsn
+        except (QuotaExceeded, NotFound) as exc:
+            if dsn is None:
+                raise
+            error: StorageError = exc
+        assert make is not None
+        event(log, "queue.dsn_refused", level=logging.WARNING, id=entry.queue_id, error=error)
+        again = await make()
+        if again is not None and again.notification.targets != dsn.notification.targets:
             try:
-                await self._send_report(entry, report, original, full)
-            except StorageError as exc:
-                event(log, "queue.dsn_failed", level=logging.ERROR, id=entry.queue_id, error=exc)
+                return await write(again), again
+            except (QuotaExceeded, NotFound) as exc:
+                error = exc
+        event(
+            log,
+            "queue.dsn_dropped",
+            level=logging.ERROR,
+            id=entry.queue_id,
+            to=dsn.to or "postmaster",
+            error=error,
+        )
+        return await write(None), None
+
+    def _reported(self, entry: QueueEntry, dsn: _Report) -> None:
+        """After the commit that stored a DSN: log it, wake the queue for a remote one."""
+        if dsn.notification.outgoing is not None:
+            self.wake()
+        event(
+            log,
+            "queue.dsn",
+            id=entry.queue_id,
+            to=dsn.to or "postmaster",
+            actions=",".join(sorted({r.action for r in dsn.lines})),
+            rcpts=len(dsn.lines),
+        )
 
     @staticmethod
     def _with_outcomes(
@@ -654,13 +752,21 @@ class QueueService:
             event(log, "queue.read_failed", level=logging.ERROR, id=entry.queue_id, error=exc)
             return b""
 
-    async def _send_report(
+    async def _report(
         self, entry: QueueEntry, lines: list[DsnRecipient], original: bytes, full: bool
-    ) -> None:
-        """Mail a DSN about ``entry`` to its sender (the postmaster for the null sender).
+    ) -> _Report | None:
+        """A DSN about ``entry`` for its sender (the postmaster for the null sender), built
+        and routed, ready to be stored; None when it has nowhere to go (logged).
 
         The original is read by the caller *before* the entry is finished: the last entry of a
         message takes the message's bytes with it."""
+        route = await self._report_route(entry)
+        if route is None:
+            return None
+        return self._build_report(entry, route, lines, original, full, self.clock())
+
+    async def _report_route(self, entry: QueueEntry) -> _Route | None:
+        """Where a DSN about ``entry`` goes; None: nowhere (logged)."""
         to = entry.sender
         if to:
             to_header = to
@@ -668,27 +774,35 @@ class QueueService:
             account = await self.directory.postmaster_account()
             if account is None:
                 event(log, "queue.double_bounce_dropped", level=logging.WARNING, id=entry.queue_id)
-                return
+                return None
             to_header = account.address
+        accounts, remote = await self._route_notification(to)
+        if not accounts and not remote:
+            event(log, "queue.notify_dropped", level=logging.WARNING, to=to or "postmaster")
+            return None
+        return _Route(to, to_header, tuple(accounts), tuple(remote))
+
+    def _build_report(
+        self,
+        entry: QueueEntry,
+        route: _Route,
+        lines: Sequence[DsnRecipient],
+        original: bytes,
+        full: bool,
+        now: float,
+    ) -> _Report:
+        """Build the DSN (no I/O: it may run inside a storage transaction)."""
         message = build_dsn(
             reporting_mta=self.config.hostname,
-            sender=to_header,
-            recipients=lines,
+            sender=route.to_header,
+            recipients=list(lines),
             original=original,
             envid=entry.envid,
             ret="FULL" if full else "HDRS",
             arrival=entry.created,
-            now=self.clock(),
+            now=now,
         )
-        await self.notify(to, message)
-        event(
-            log,
-            "queue.dsn",
-            id=entry.queue_id,
-            to=to or "postmaster",
-            actions=",".join(sorted({r.action for r in lines})),
-            rcpts=len(lines),
-        )
+        return _Report(route.to, tuple(lines), _notification(message, route.accounts, route.remote))
 
     async def _original(self, entry: QueueEntry, *, full: bool) -> bytes:
         """The queued message without our ``Return-Path:`` (only its header when not
@@ -712,20 +826,8 @@ class QueueService:
         if not accounts and not remote:
             event(log, "queue.notify_dropped", level=logging.WARNING, to=to or "postmaster")
             return
-        data = b"Return-Path: <>\r\n" + message
-        blob = BlobSource(
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            structure=parse_message(data).to_json(),
-            data=data,
-        )
-        outgoing = None
-        queue_id = None
-        if remote:
-            outgoing = OutgoingMessage("", tuple(QueueRecipient(a) for a in remote))
-            queue_id = new_queue_id()
-        targets = [AppendTarget(account_id) for account_id in accounts]
-        await self.storage.deliver(blob, targets, outgoing, queue_id)
+        n = _notification(message, tuple(accounts), tuple(remote))
+        await self.storage.deliver(n.blob, n.targets, n.outgoing, n.queue_id)
         if remote:
             self.wake()
 
@@ -744,35 +846,96 @@ class QueueService:
     # ------------------------------------------------------------------ administration
     async def remove(self, queue_id: str, *, silent: bool = False) -> list[QueueEntry]:
         """Delete a queued message (``letterbird queue remove``); unless ``silent``, its
-        sender gets a failure DSN for every recipient that was still waiting."""
+        sender gets a failure DSN for every recipient that was still waiting, stored in the
+        same transaction as the removal (the DSN is built there, from the entries removed)."""
         entries = await self.storage.queue_entries(queue_id)
         if not entries:
             raise NotFound(f"no queued message {queue_id}")
         first = entries[0]
+        if silent:
+            removed = await self.storage.queue_remove(queue_id)
+            event(log, "queue.removed", id=queue_id, entries=len(removed), silent=silent)
+            return removed
         full = self._full(first)
-        original = b"" if silent else await self._original_or_nothing(first, full)
-        removed = await self.storage.queue_remove(queue_id)
+        original = await self._original_or_nothing(first, full)
+        wanted = any(notify_wants(r.notify, "FAILURE") for e in entries for r in e.recipients)
+        route = await self._report_route(first) if wanted else None
         now = self.clock()
-        lines = [
-            DsnRecipient(
-                r.address,
-                "failed",
-                REMOVED.enhanced or "5.0.0",
-                diagnostic=f"X-Letterbird; {REMOVED.text}",
-                orcpt=r.orcpt,
-                last_attempt=now,
-            )
-            for e in removed
-            for r in e.recipients
-            if notify_wants(r.notify, "FAILURE")
-        ]
-        if not silent and lines:
-            await self._send_report(first, lines, original, full)
+        made: list[_Report] = []
+
+        def report(removed: list[QueueEntry]) -> Notification | None:
+            made.clear()  # (it may run twice)
+            lines = [
+                DsnRecipient(
+                    r.address,
+                    "failed",
+                    REMOVED.enhanced or "5.0.0",
+                    diagnostic=f"X-Letterbird; {REMOVED.text}",
+                    orcpt=r.orcpt,
+                    last_attempt=now,
+                )
+                for e in removed
+                for r in e.recipients
+                if notify_wants(r.notify, "FAILURE")
+            ]
+            if route is None or not lines:
+                return None
+            made.append(self._build_report(first, route, lines, original, full, now))
+            return made[0].notification
+
+        try:
+            removed = await self.storage.queue_remove(queue_id, report)
+        except QuotaExceeded as exc:
+            raise StorageError(
+                f"{exc}: cannot store the failure notice, so {queue_id} was not removed "
+                "(remove it silently to tell nobody)"
+            ) from exc
+        if made:
+            self._reported(first, made[0])
         event(log, "queue.removed", id=queue_id, entries=len(removed), silent=silent)
         return removed
 
 
 # --------------------------------------------------------------------------- helpers
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a DSN goes: ``to`` is the envelope address (``""``: the postmaster), shown as
+    ``to_header``; delivered to the local ``accounts`` and queued for the ``remote``
+    addresses."""
+
+    to: str
+    to_header: str
+    accounts: tuple[int, ...]
+    remote: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """A DSN ready to be stored with the queue change that calls for it."""
+
+    to: str
+    lines: tuple[DsnRecipient, ...]
+    notification: Notification
+
+
+def _notification(message: bytes, accounts: Sequence[int], remote: Sequence[str]) -> Notification:
+    """A generated message with the null sender, for local ``accounts`` and ``remote``
+    addresses (queued under a new id)."""
+    data = b"Return-Path: <>\r\n" + message
+    blob = BlobSource(
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        structure=parse_message(data).to_json(),
+        data=data,
+    )
+    outgoing = None
+    queue_id = None
+    if remote:
+        outgoing = OutgoingMessage("", tuple(QueueRecipient(a) for a in remote))
+        queue_id = new_queue_id()
+    return Notification(blob, tuple(AppendTarget(a) for a in accounts), outgoing, queue_id)
+
+
 class _Batch:
     """Messages for one list of next hops, delivered over one connection at a time; while
     its first session is open, newly claimed mail for the same hops joins it."""
