@@ -98,9 +98,46 @@ def server_config(tmp_path: Path, **listen: list[str]) -> Config:
     return dataclasses.replace(cfg, listen=dataclasses.replace(cfg.listen, **listen))
 
 
+def storage_toml(folder: Path) -> str:
+    """The ``[storage]`` table a TOML configuration for ``folder`` needs: none on SQLite (the
+    default database in the data folder), the folder's throw-away schema when
+    ``LETTERBIRD_TEST_STORAGE=postgresql`` (the same schema :func:`conftest.make_config` gives
+    that folder)."""
+    import pgutil
+
+    if not pgutil.on_postgres():
+        return ""
+    return f'\n[storage]\nurl = "{pgutil.url_for_folder(folder)}"\n'
+
+
 def write_config(path: Path, body: str) -> Path:
+    """Write a TOML configuration with cheap password hashing; on PostgreSQL runs a body
+    without its own ``[storage]`` table gets the folder's schema (:func:`storage_toml`)."""
+    if "[storage]" not in body:
+        body += storage_toml(path.parent)
     path.write_text(body + CHEAP_AUTH_TOML)
     return path
+
+
+async def raw_sql(storage: Any, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run one SQL statement (``?`` placeholders) in the storage's own write transaction, on
+    SQLite or PostgreSQL alike, and return its rows. Only for tests that must put the database
+    in a state no API produces (damaged data, a missing INBOX) or check a storage invariant."""
+    from letterbird.storage.postgres import PgStorage
+
+    if isinstance(storage, PgStorage):
+        counter = iter(range(1, len(args) + 1))
+        pg_query = re.sub(r"\?", lambda _: f"${next(counter)}", query)
+
+        async def pg_fn(c: Any) -> tuple[list[tuple[Any, ...]], list[Any]]:
+            return [tuple(r) for r in await c.fetch(pg_query, *args)], []
+
+        return await storage._write(pg_fn)  # type: ignore[no-any-return]
+
+    def sqlite_fn(c: Any) -> tuple[list[tuple[Any, ...]], list[Any]]:
+        return [tuple(r) for r in c.execute(query, args).fetchall()], []
+
+    return await storage._write(sqlite_fn)  # type: ignore[no-any-return]
 
 
 class ServerProcess:

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pgutil
 import pytest
+from serverutil import storage_toml
 
 CONFIG = """
 hostname = "mx.test"
@@ -31,7 +33,7 @@ http = []
 @pytest.fixture
 def lb(tmp_path: Path):  # type: ignore[no-untyped-def]
     cfg = tmp_path / "lb.toml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(CONFIG + storage_toml(tmp_path))  # PostgreSQL when the run asks for it
 
     def run(
         *args: str, stdin: str | None = None, ok: bool = True
@@ -83,7 +85,8 @@ def test_admin_commands(lb, tmp_path: Path) -> None:  # type: ignore[no-untyped-
     lb("alias", "remove", "team@example.test")
     lb("user", "remove", "alice@example.test")
     assert "alice" not in lb("user", "list").stdout
-    assert (tmp_path / "letterbird-data" / "mail.db").exists()  # relative to the config file
+    # the SQLite file is relative to the config file; on PostgreSQL there is none
+    assert (tmp_path / "letterbird-data" / "mail.db").exists() is not pgutil.on_postgres()
 
 
 def test_errors_go_to_stderr(lb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ import pytest
 from conftest import blob_of, sample_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from serverutil import ServerThread, server_config
+from serverutil import ServerThread, raw_sql, server_config
 
 from letterbird.config import Config
 from letterbird.imap.fetch import render as fetch_render
@@ -1081,16 +1081,7 @@ def test_append_over_quota_and_large_messages(wire: Wire, server: ServerThread) 
 def test_damaged_cached_structure_is_reparsed(wire: Wire, server: ServerThread) -> None:
     deliver(server, NESTED)
 
-    async def damage() -> None:
-        storage: Any = server.app.storage
-
-        def fn(c: Any) -> tuple[None, list[Any]]:
-            c.execute("UPDATE blobs SET structure=?", (b"not json",))
-            return None, []
-
-        await storage._write(fn)
-
-    server.call(damage())
+    server.call(raw_sql(server.app.storage, "UPDATE blobs SET structure=?", b"not json"))
     INFO_CACHE.clear()  # the same content may have been decoded (intact) by another test
     wire.ok("SELECT INBOX")
     (line,) = wire.ok("FETCH 1 (ENVELOPE BODY.PEEK[2.1])")

@@ -431,7 +431,11 @@ def test_implicit_tls_after_the_header_on_a_plain_socket(
             raw.settimeout(40)
             assert raw.recv(100) == b""
     finally:
-        server.close()
+
+        async def close() -> None:  # on the server's loop: Server.close is not thread-safe
+            server.close()
+
+        proxied.call(close())
     deadline = time.monotonic() + 10  # the server thread logs after closing the socket
     while not any("TLS handshake failed" in r.getMessage() for r in caplog.records):
         assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]

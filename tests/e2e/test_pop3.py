@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import blob_of, sample_message
-from serverutil import ServerThread, server_config
+from serverutil import ServerThread, raw_sql, server_config
 
 from letterbird.config import Config
 from letterbird.proto.pop3 import LoginRequested, ServerConnection
@@ -31,8 +31,8 @@ from letterbird.server.pop3 import (
     core_config,
     unique_id,
 )
+from letterbird.storage import open_storage_for
 from letterbird.storage.interface import AppendTarget, NotFound, StorageError
-from letterbird.storage.sqlite import SqliteStorage
 
 pytestmark = pytest.mark.e2e
 
@@ -444,12 +444,7 @@ def test_empty_maildrop_and_missing_inbox(server: ServerThread) -> None:
         account = await server.app.directory.get_user(BOB)
         mb = await server.app.storage.get_mailbox(account.id, "INBOX")
         assert mb is not None
-
-        def fn(c: object) -> tuple[None, list[object]]:
-            c.execute("DELETE FROM mailboxes WHERE id=?", (mb.id,))  # type: ignore[attr-defined]
-            return None, []
-
-        await server.app.storage._write(fn)
+        await raw_sql(server.app.storage, "DELETE FROM mailboxes WHERE id=?", mb.id)
 
     server.call(drop_inbox())
     client = pop(server)
@@ -772,7 +767,7 @@ def test_server_shutdown_closes_sessions(tmp_path: Path) -> None:
         assert busy.closed()
 
     async def count() -> int:
-        storage = SqliteStorage(srv.config.data_path / "mail.db")
+        storage = open_storage_for(srv.config)  # a fresh connection to what the server left
         await storage.open()
         try:
             account = await storage.find_account("bob", "example.test")

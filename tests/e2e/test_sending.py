@@ -24,10 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import imapclient
 import pytest
 from click.testing import CliRunner
 from dnsserver import DnsServer
-from serverutil import ServerProcess, ServerThread, server_config, write_config
+from serverutil import ServerProcess, ServerThread, server_config, storage_toml, write_config
 
 from letterbird.cli.main import cli
 from letterbird.config import Config, DeliverySettings, DnsSettings
@@ -113,7 +114,7 @@ class Pair:
         path.write_text(
             f'hostname = "mx.{name}.test"\ndata_dir = "{self.tmp_path / name / "data"}"\n'
             "[listen]\nsmtp = []\nsubmission = []\nsubmissions = []\nimap = []\nimaps = []\n"
-            "pop3 = []\npop3s = []\nhttp = []\n"
+            "pop3 = []\npop3s = []\nhttp = []\n" + storage_toml(self.tmp_path / name)
         )
         return path
 
@@ -300,6 +301,30 @@ def test_unknown_user_bounces_with_5_1_1(pair: Pair) -> None:
         headers = parts(msg)[2]
         assert headers.get_content_type() == "text/rfc822-headers"
         assert "Subject: half wrong" in str(headers.get_payload())
+        assert not queue_rows(alice)
+
+
+def test_bounce_wakes_the_senders_imap_idle(pair: Pair) -> None:
+    """The bounce is stored with the failed attempt's result, and its change event reaches
+    Alice's IMAP IDLE session."""
+    cfg = pair.config("alice", ALICE_IP, pair.routed())
+    cfg = dataclasses.replace(cfg, listen=dataclasses.replace(cfg.listen, imap=[f"{ALICE_IP}:0"]))
+    with pair.bob() as bob, ServerThread(cfg) as alice:
+        setup_bob(bob)
+        setup_alice(alice)
+        with imapclient.IMAPClient(*alice.address("imap"), ssl=False, timeout=30) as c:
+            c.login("alice@alice.test", PASSWORD)
+            c.select_folder("INBOX")
+            c.idle()
+            submit(pair, ["nobody@bob.test"], message("to nobody"))
+            responses = c.idle_check(timeout=20)
+            while (1, b"EXISTS") not in responses:
+                more = c.idle_check(timeout=20)
+                assert more, responses
+                responses += more
+            c.idle_done()
+            [data] = c.fetch("1", ["BODY.PEEK[]"]).values()
+        assert delivery_status(data[b"BODY[]"])[1]["Status"] == "5.1.1"
         assert not queue_rows(alice)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import smtplib
 import socket
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import pytest
 from serverutil import ServerProcess, write_config
+
+from letterbird.config import Config, load_config
+from letterbird.storage import open_storage_for
 
 pytestmark = pytest.mark.e2e
 
@@ -107,6 +111,26 @@ def test_taken_port_and_bad_config_exit_nonzero(tmp_path: Path) -> None:
     assert p.returncode != 0 and "limits.smtp_recipients" in p.stderr
 
 
+async def stored_subjects(config: Config, address: str) -> list[str]:
+    """The subjects of the messages in an INBOX, read through the storage the configuration
+    names (SQLite or PostgreSQL) with a connection of our own."""
+    local, _, domain = address.rpartition("@")
+    storage = open_storage_for(config)
+    await storage.open()
+    try:
+        account = await storage.find_account(local, domain)
+        assert account is not None
+        mb = await storage.get_mailbox(account.id, "INBOX")
+        assert mb is not None
+        subjects = []
+        for rec in await storage.fetch_messages(mb.id):
+            data = await storage.read_blob(rec.blob_id)
+            subjects += [ln[9:] for ln in data.decode().split("\r\n") if ln.startswith("Subject: ")]
+        return subjects
+    finally:
+        await storage.close()
+
+
 def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
     """Several clients stream deliveries; SIGKILL the server mid-stream; every message that got
     250 is in the mailbox after restart (and nothing that did not get 250 is counted)."""
@@ -170,18 +194,6 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
     # restart and count what is stored
     with ServerProcess(cfg, "--no-demo"):
         pass
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sqlite3,sys;c=sqlite3.connect(sys.argv[1]);"
-            "print('\\n'.join(r[0].decode() for r in c.execute('select data from blobs')))",
-            str(tmp_path / "letterbird-data" / "mail.db"),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    stored = {line.split()[1] for line in out.splitlines() if line.startswith("Subject: ")}
+    stored = set(asyncio.run(stored_subjects(load_config(cfg), "bob@example.test")))
     missing = [t for t in acked if t not in stored]
     assert missing == [], f"{len(missing)} acknowledged messages lost: {missing[:5]}"

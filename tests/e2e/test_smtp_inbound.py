@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serverutil import ServerThread, server_config
+from serverutil import ServerThread, raw_sql, server_config
 
 from letterbird.storage.interface import StorageError
 
@@ -116,12 +116,8 @@ def test_three_recipients_stored_once(server: ServerThread) -> None:
         )
     for user in ("bob", "carol", "dave"):
         assert len(server.messages(f"{user}@example.test")) == 1
-    count = server.call(
-        server.app.storage._read(
-            lambda c: c.execute("SELECT count(*), sum(refcount) FROM blobs").fetchone()
-        )
-    )
-    assert tuple(count) == (1, 3)
+    [count] = server.call(raw_sql(server.app.storage, "SELECT count(*), sum(refcount) FROM blobs"))
+    assert tuple(map(int, count)) == (1, 3)
 
 
 def test_recipient_policy(server: ServerThread) -> None:

@@ -12,6 +12,7 @@ import pytest
 from webutil import WebEnv, make_env
 
 from letterbird.http.settings import WebSettings
+from letterbird.storage.interface import Storage
 
 ALICE = "alice@example.test"
 EVE = "eve@example.test"
@@ -558,36 +559,31 @@ def test_storage_failures_become_pages(env: WebEnv) -> None:
     env.storage.store_flags = original  # type: ignore[method-assign]
 
 
-async def test_concurrent_index_refreshes_do_not_duplicate(tmp_path: Path) -> None:
+async def test_concurrent_index_refreshes_do_not_duplicate(storage: Storage) -> None:
+    """FolderIndex on the storage the run uses (SQLite, or PostgreSQL in PG mode)."""
     import asyncio
 
     from webutil import blob
 
     from letterbird.http.listing import FolderIndex
     from letterbird.storage.interface import AppendTarget
-    from letterbird.storage.sqlite import SqliteStorage
 
-    storage = SqliteStorage(tmp_path / "m.db")
-    await storage.open()
-    try:
-        await storage.add_domain("example.test")
-        account = await storage.add_account("alice", "example.test", "h")
-        for n in range(5):
-            await storage.deliver(blob(text_mail(f"a{n}")), [AppendTarget(account.id)])
-        index = FolderIndex(storage, capacity=1)
-        mb = await storage.get_mailbox(account.id, "INBOX")
-        assert mb is not None
-        assert len(await index.ordered(mb)) == 5
-        for n in range(3):
-            await storage.deliver(blob(text_mail(f"b{n}")), [AppendTarget(account.id)])
-        mb = await storage.get_mailbox(account.id, "INBOX")
-        assert mb is not None
-        results = await asyncio.gather(*(index.ordered(mb) for _ in range(4)))
-        assert all(r == list(range(1, 9)) for r in results)
-        assert index.counts(mb) == (8, 8)
-        other = await storage.get_mailbox(account.id, "Sent")
-        assert other is not None
-        await index.ordered(other)  # capacity 1: the inbox is evicted
-        assert index.counts(mb) is None
-    finally:
-        await storage.close()
+    await storage.add_domain("example.test")
+    account = await storage.add_account("alice", "example.test", "h")
+    for n in range(5):
+        await storage.deliver(blob(text_mail(f"a{n}")), [AppendTarget(account.id)])
+    index = FolderIndex(storage, capacity=1)
+    mb = await storage.get_mailbox(account.id, "INBOX")
+    assert mb is not None
+    assert len(await index.ordered(mb)) == 5
+    for n in range(3):
+        await storage.deliver(blob(text_mail(f"b{n}")), [AppendTarget(account.id)])
+    mb = await storage.get_mailbox(account.id, "INBOX")
+    assert mb is not None
+    results = await asyncio.gather(*(index.ordered(mb) for _ in range(4)))
+    assert all(r == list(range(1, 9)) for r in results)
+    assert index.counts(mb) == (8, 8)
+    other = await storage.get_mailbox(account.id, "Sent")
+    assert other is not None
+    await index.ordered(other)  # capacity 1: the inbox is evicted
+    assert index.counts(mb) is None

@@ -1,5 +1,6 @@
-"""Fixtures for the webmail's HTTP-level tests: a real SQLite store, the Starlette app, and
-Starlette's test client running both in one event loop (its portal)."""
+"""Fixtures for the webmail's HTTP-level tests: a real store (SQLite, or PostgreSQL when
+``LETTERBIRD_TEST_STORAGE=postgresql``), the Starlette app, and Starlette's test client running
+both in one event loop (its portal)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from letterbird.http.settings import WebSettings
 from letterbird.mime import parse_message
 from letterbird.server.app import App
 from letterbird.server.tls import TlsManager
-from letterbird.storage.interface import AppendTarget, BlobSource, Mailbox
-from letterbird.storage.sqlite import SqliteStorage
+from letterbird.storage import open_storage_for
+from letterbird.storage.interface import AppendTarget, BlobSource, Mailbox, Storage
 
 PASSWORD = "correct horse"
 
@@ -37,7 +38,7 @@ def blob(data: bytes) -> BlobSource:
 class WebEnv:
     client: TestClient
     app: App
-    storage: SqliteStorage
+    storage: Storage
     config: Config
 
     def call(self, fn: Any, *args: Any) -> Any:
@@ -121,7 +122,7 @@ def make_env(
     config: Config | None = None,
 ) -> Iterator[WebEnv]:
     config = config or make_config(tmp_path)
-    storage = SqliteStorage(tmp_path / "mail.db")
+    storage = open_storage_for(config)  # make_config: SQLite in tmp_path, or a PG schema
     app = App(config, storage, Directory(storage, config), TlsManager(config))
     asgi = create_app(app, settings)
     with TestClient(asgi, base_url=base_url, follow_redirects=False) as client:
