@@ -304,14 +304,27 @@ class Storage(Protocol):
     # -- messages ---------------------------------------------------------------------
     async def append(
         self, blob: BlobSource, targets: Sequence[AppendTarget]
-    ) -> list[tuple[int, int]]: ...
+    ) -> list[tuple[int, int]]:
+        """Store ``blob`` once and create one entry per target, all in one transaction.
+
+        Returns ``(mailbox_id, uid)`` per target, in order.
+        """
+        ...
+
     async def deliver(
         self,
         blob: BlobSource,
         targets: Sequence[AppendTarget],
         outgoing: OutgoingMessage | None = None,
         queue_id: str | None = None,
-    ) -> list[tuple[int, int]]: ...
+    ) -> list[tuple[int, int]]:
+        """One transaction: the blob, a mailbox entry per local target and, when ``outgoing``
+        is given, a queued message (``queue_id``) with one entry per destination domain.
+
+        This is the commit behind SMTP's final ``250`` (DESIGN.md §5).
+        """
+        ...
+
     async def list_messages(self, mailbox_id: int) -> list[tuple[int, int, frozenset[str]]]: ...
     async def fetch_messages(
         self, mailbox_id: int, uids: Iterable[int] | None = None
@@ -340,8 +353,14 @@ class Storage(Protocol):
     async def move_messages(
         self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
     ) -> list[tuple[int, int]]: ...
-    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]: ...
-    async def delete_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[int]: ...
+    async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove messages flagged ``\\Deleted`` (only those among ``uids`` when given)."""
+        ...
+
+    async def delete_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
+        """Remove the given messages whatever their flags (POP3 DELE+QUIT, web delete)."""
+        ...
+
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes: ...
     async def changes_since_bounded(
         self, mailbox_id: int, modseq: int, limit: int
@@ -393,7 +412,9 @@ class Storage(Protocol):
         is then due at the database clock + (``due`` - ``relative_to``).
 
         Returns False, changing nothing and storing no notification, when ``owner`` no longer
-        holds the entry (another node claimed it after the lease expired). A notification
+        holds the entry (another node claimed it after the lease expired). A lease that expired
+        but that nobody took is still held (nobody else can be delivering the entry: taking it
+        over changes the owner). A notification
         that cannot be stored (e.g. :class:`QuotaExceeded`, :class:`NotFound`) raises, and
         the entry is left as it was."""
         ...

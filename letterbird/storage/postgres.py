@@ -29,7 +29,6 @@ import asyncio
 import collections
 import contextlib
 import enum
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -39,11 +38,11 @@ import asyncpg
 
 from letterbird.logs import event
 from letterbird.storage import names
+from letterbird.storage import semantics as sem
 from letterbird.storage.events import ChangeBus, ChangeEvent, ChangeKind
 from letterbird.storage.interface import (
     SPECIAL_USE_DEFAULTS,
     Account,
-    AccountExists,
     Alias,
     AppendTarget,
     BlobSource,
@@ -59,7 +58,6 @@ from letterbird.storage.interface import (
     OutgoingMessage,
     QueueEntry,
     QueueRecipient,
-    QuotaExceeded,
     StorageError,
     StoreResult,
 )
@@ -89,6 +87,9 @@ _NO_END = 1 << 62
 _DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
 _MAILDROP_KIND = 1
 
+_MESSAGES = f"SELECT {sem.MESSAGE_COLS} WHERE m.mailbox_id=$1"
+_META = f"SELECT {sem.META_COLS} WHERE m.mailbox_id=$1"
+
 _CONN_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
@@ -97,20 +98,9 @@ _CONN_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _flags(flags: Iterable[str]) -> list[str]:
-    return sorted(set(flags))
-
-
-def _rcpts_to_json(rcpts: Sequence[QueueRecipient]) -> str:
-    return json.dumps([[r.address, list(r.notify), r.orcpt] for r in rcpts])
-
-
-def _json_to_rcpts(text: str) -> tuple[QueueRecipient, ...]:
-    return tuple(QueueRecipient(a, tuple(n), o) for a, n, o in json.loads(text))
-
-
-def _norm_local(local: str) -> str:
-    return local.casefold()
+def _affected(status: str) -> int:
+    """Rows a statement changed, from its status ("UPDATE 3", "DELETE 0")."""
+    return int(status.split()[-1])
 
 
 def _storage_error(exc: BaseException) -> StorageError:
@@ -570,41 +560,37 @@ class PgStorage:
                     time.time(),
                 )
             except asyncpg.UniqueViolationError:
-                raise AccountExists(f"domain {name} exists already") from None
+                raise sem.domain_exists(name) from None
             return Domain(int(new_id), name), []
 
         return await self._write(fn)
 
     async def remove_domain(self, name: str) -> None:
         async def fn(c: Conn) -> tuple[None, list[ChangeEvent]]:
-            dom = await c.fetchval("SELECT id FROM domains WHERE name=$1 FOR UPDATE", name)
-            if dom is None:
-                raise NotFound(f"no domain {name}")
+            dom = sem.need(
+                await c.fetchval("SELECT id FROM domains WHERE name=$1 FOR UPDATE", name),
+                sem.no_domain(name),
+            )
             n = await c.fetchval("SELECT count(*) FROM accounts WHERE domain_id=$1", dom)
-            if n:
-                raise StorageError(f"domain {name} still has {n} account(s); remove them first")
+            sem.check_domain_empty(name, n)
             await c.execute("DELETE FROM aliases WHERE domain_id=$1", dom)
             await c.execute("DELETE FROM domains WHERE id=$1", dom)
             return None, []
 
         await self._write(fn)
 
+    @staticmethod
+    async def _domain_for_adding(c: Conn, domain: str) -> int:
+        dom = await c.fetchval("SELECT id FROM domains WHERE name=$1", domain)
+        return int(sem.need(dom, sem.no_domain(domain, adding=True)))
+
     async def list_domains(self) -> list[Domain]:
         rows = await self._fetch('SELECT id, name FROM domains ORDER BY name COLLATE "C"')
-        return [Domain(r[0], r[1]) for r in rows]
+        return [sem.domain_of(r) for r in rows]
 
     async def get_domain(self, name: str) -> Domain | None:
         row = await self._fetchrow("SELECT id, name FROM domains WHERE name=$1", name)
-        return Domain(row[0], row[1]) if row else None
-
-    _ACCOUNT_COLS = (
-        "a.id, a.local, d.name, a.password_hash, a.quota, a.used "
-        "FROM accounts a JOIN domains d ON d.id = a.domain_id"
-    )
-
-    @staticmethod
-    def _account(row: Any) -> Account:
-        return Account(row[0], row[1], row[2], row[3], row[4], row[5])
+        return sem.domain_of(row) if row else None
 
     async def _create_mailboxes(
         self, c: Conn, account_id: int, boxes: Sequence[tuple[str, str | None]]
@@ -615,37 +601,35 @@ class PgStorage:
                 "SELECT $1, t.name, t.role, nextval('uidvalidity_seq') "
                 "FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(name, role, i) "
                 "ORDER BY t.i "
-                f"RETURNING {self._MAILBOX_COLS}",
+                f"RETURNING {sem.MAILBOX_COLS}",
                 account_id,
                 [b[0] for b in boxes],
                 [b[1] for b in boxes],
             )
         except asyncpg.UniqueViolationError:
-            raise MailboxExists(f"mailbox {boxes[0][0]} exists already") from None
+            raise sem.mailbox_exists(boxes[0][0]) from None
         except asyncpg.ForeignKeyViolationError:
-            raise NotFound("no such account") from None
-        return [self._mailbox(r) for r in rows]
+            raise NotFound(sem.NO_ACCOUNT) from None
+        return [sem.mailbox_of(r) for r in rows]
 
     async def add_account(self, local: str, domain: str, password_hash: str) -> Account:
         quota = self.default_quota
 
         async def fn(c: Conn) -> tuple[Account, list[ChangeEvent]]:
-            dom = await c.fetchval("SELECT id FROM domains WHERE name=$1", domain)
-            if dom is None:
-                raise NotFound(f"no domain {domain}; add it first")
+            dom = await self._domain_for_adding(c, domain)
             try:
                 account_id = await c.fetchval(
                     "INSERT INTO accounts(domain_id, local, local_norm, password_hash, quota, "
                     "created) VALUES($1, $2, $3, $4, $5, $6) RETURNING id",
                     dom,
                     local,
-                    _norm_local(local),
+                    sem.norm_local(local),
                     password_hash,
                     quota,
                     time.time(),
                 )
             except asyncpg.UniqueViolationError:
-                raise AccountExists(f"account {local}@{domain} exists already") from None
+                raise sem.account_exists(local, domain) from None
             await self._create_mailboxes(c, account_id, SPECIAL_USE_DEFAULTS)
             return Account(int(account_id), local, domain, password_hash, quota, 0), []
 
@@ -653,9 +637,10 @@ class PgStorage:
 
     async def remove_account(self, account_id: int) -> None:
         async def fn(c: Conn) -> tuple[None, list[ChangeEvent]]:
-            found = await c.fetchval("SELECT id FROM accounts WHERE id=$1 FOR UPDATE", account_id)
-            if found is None:
-                raise NotFound("no such account")
+            sem.need(
+                await c.fetchval("SELECT id FROM accounts WHERE id=$1 FOR UPDATE", account_id),
+                sem.NO_ACCOUNT,
+            )
             for row in await c.fetch(
                 "SELECT id FROM mailboxes WHERE account_id=$1 ORDER BY id", account_id
             ):
@@ -665,75 +650,69 @@ class PgStorage:
 
         await self._write(fn)
 
-    async def set_password(self, account_id: int, password_hash: str) -> None:
+    async def _set_account(self, account_id: int, column: str, value: object) -> None:
         async def fn(c: Conn) -> tuple[None, list[ChangeEvent]]:
             status = await c.execute(
-                "UPDATE accounts SET password_hash=$1 WHERE id=$2", password_hash, account_id
+                f"UPDATE accounts SET {column}=$1 WHERE id=$2", value, account_id
             )
-            if status == "UPDATE 0":
-                raise NotFound("no such account")
+            sem.need_changed(_affected(status), sem.NO_ACCOUNT)
             return None, []
 
         await self._write(fn)
+
+    async def set_password(self, account_id: int, password_hash: str) -> None:
+        await self._set_account(account_id, "password_hash", password_hash)
 
     async def set_quota(self, account_id: int, quota: int) -> None:
-        async def fn(c: Conn) -> tuple[None, list[ChangeEvent]]:
-            status = await c.execute("UPDATE accounts SET quota=$1 WHERE id=$2", quota, account_id)
-            if status == "UPDATE 0":
-                raise NotFound("no such account")
-            return None, []
-
-        await self._write(fn)
+        await self._set_account(account_id, "quota", quota)
 
     async def get_account(self, account_id: int) -> Account | None:
-        row = await self._fetchrow(f"SELECT {self._ACCOUNT_COLS} WHERE a.id=$1", account_id)
-        return self._account(row) if row else None
+        row = await self._fetchrow(f"SELECT {sem.ACCOUNT_COLS} WHERE a.id=$1", account_id)
+        return sem.account_of(row) if row else None
+
+    # Accounts and aliases are both ``a`` joined to their domain ``d``, looked up by domain
+    # and normalised local part, listed by domain then local part (bytewise, as SQLite does).
+    async def _find_by_address(self, cols: str, norm: str, domain: str) -> Any:
+        return await self._fetchrow(
+            f"SELECT {cols} WHERE d.name=$1 AND a.local_norm=$2", domain, norm
+        )
+
+    async def _list_by_domain(self, cols: str, domain: str | None) -> list[Any]:
+        if domain is None:
+            return await self._fetch(
+                f'SELECT {cols} ORDER BY d.name COLLATE "C", a.local_norm COLLATE "C"'
+            )
+        return await self._fetch(
+            f'SELECT {cols} WHERE d.name=$1 ORDER BY a.local_norm COLLATE "C"', domain
+        )
 
     async def find_account(self, local: str, domain: str) -> Account | None:
-        row = await self._fetchrow(
-            f"SELECT {self._ACCOUNT_COLS} WHERE d.name=$1 AND a.local_norm=$2",
-            domain,
-            _norm_local(local),
-        )
-        return self._account(row) if row else None
+        row = await self._find_by_address(sem.ACCOUNT_COLS, sem.norm_local(local), domain)
+        return sem.account_of(row) if row else None
 
     async def list_accounts(self, domain: str | None = None) -> list[Account]:
-        if domain is None:
-            rows = await self._fetch(
-                f'SELECT {self._ACCOUNT_COLS} ORDER BY d.name COLLATE "C", a.local_norm COLLATE "C"'
-            )
-        else:
-            rows = await self._fetch(
-                f'SELECT {self._ACCOUNT_COLS} WHERE d.name=$1 ORDER BY a.local_norm COLLATE "C"',
-                domain,
-            )
-        return [self._account(r) for r in rows]
+        return [sem.account_of(r) for r in await self._list_by_domain(sem.ACCOUNT_COLS, domain)]
 
     async def add_alias(self, local: str | None, domain: str, targets: Sequence[str]) -> Alias:
         async def fn(c: Conn) -> tuple[Alias, list[ChangeEvent]]:
-            dom = await c.fetchval("SELECT id FROM domains WHERE name=$1", domain)
-            if dom is None:
-                raise NotFound(f"no domain {domain}; add it first")
-            norm = "" if local is None else _norm_local(local)
+            dom = await self._domain_for_adding(c, domain)
             try:
                 alias_id = await c.fetchval(
                     "INSERT INTO aliases(domain_id, local, local_norm, targets) "
                     "VALUES($1, $2, $3, $4) RETURNING id",
                     dom,
                     local,
-                    norm,
+                    sem.alias_norm(local),
                     list(targets),
                 )
             except asyncpg.UniqueViolationError:
-                raise AccountExists(
-                    f"alias {local if local is not None else ''}@{domain} exists already"
-                ) from None
+                raise sem.alias_exists(local, domain) from None
             return Alias(int(alias_id), local, domain, tuple(targets)), []
 
         return await self._write(fn)
 
     async def remove_alias(self, local: str | None, domain: str) -> None:
-        norm = "" if local is None else _norm_local(local)
+        norm = sem.alias_norm(local)
 
         async def fn(c: Conn) -> tuple[None, list[ChangeEvent]]:
             status = await c.execute(
@@ -742,55 +721,24 @@ class PgStorage:
                 norm,
                 domain,
             )
-            if status == "DELETE 0":
-                raise NotFound("no such alias")
+            sem.need_changed(_affected(status), "no such alias")
             return None, []
 
         await self._write(fn)
 
-    @staticmethod
-    def _alias(row: Any) -> Alias:
-        return Alias(row[0], row[1], row[2], tuple(t for t in row[3] if t))
-
-    _ALIAS_COLS = (
-        "a.id, a.local, d.name, a.targets FROM aliases a JOIN domains d ON d.id = a.domain_id"
-    )
-
     async def find_alias(self, local: str | None, domain: str) -> Alias | None:
-        norm = "" if local is None else _norm_local(local)
-        row = await self._fetchrow(
-            f"SELECT {self._ALIAS_COLS} WHERE d.name=$1 AND a.local_norm=$2", domain, norm
-        )
-        return self._alias(row) if row else None
+        row = await self._find_by_address(sem.ALIAS_COLS, sem.alias_norm(local), domain)
+        return sem.alias_of(row, row[3]) if row else None
 
     async def list_aliases(self, domain: str | None = None) -> list[Alias]:
-        if domain is None:
-            rows = await self._fetch(
-                f'SELECT {self._ALIAS_COLS} ORDER BY d.name COLLATE "C", a.local_norm COLLATE "C"'
-            )
-        else:
-            rows = await self._fetch(
-                f'SELECT {self._ALIAS_COLS} WHERE d.name=$1 ORDER BY a.local_norm COLLATE "C"',
-                domain,
-            )
-        return [self._alias(r) for r in rows]
+        return [sem.alias_of(r, r[3]) for r in await self._list_by_domain(sem.ALIAS_COLS, domain)]
 
     # -- mailboxes ---------------------------------------------------------------------
-    _MAILBOX_COLS = "id, account_id, name, role, uidvalidity, uidnext, highestmodseq, subscribed"
-
-    @staticmethod
-    def _mailbox(row: Any) -> Mailbox:
-        return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
-
     async def _drop_mailbox_tx(self, c: Conn, mailbox_id: int) -> None:
         rows = await c.fetch(
             "DELETE FROM messages WHERE mailbox_id=$1 RETURNING blob_id, size", mailbox_id
         )
-        counts: dict[int, int] = {}
-        total = 0
-        for blob_id, size in rows:
-            counts[blob_id] = counts.get(blob_id, 0) + 1
-            total += size
+        total = sum(r[1] for r in rows)
         if total:
             await c.execute(
                 "UPDATE accounts SET used=greatest(0, used-$1) WHERE id="
@@ -798,115 +746,109 @@ class PgStorage:
                 total,
                 mailbox_id,
             )
-        await self._unref_blobs(c, counts)
+        await self._unref_blobs(c, sem.blob_counts(r[0] for r in rows))
         await c.execute("DELETE FROM tombstones WHERE mailbox_id=$1", mailbox_id)
         await c.execute("DELETE FROM mailboxes WHERE id=$1", mailbox_id)
+
+    @staticmethod
+    async def _ref_blobs(c: Conn, counts: dict[int, int], sign: int = 1) -> list[int]:
+        """Add (``sign`` -1: remove) ``counts`` references to blobs; returns their ids."""
+        ids = sorted(counts)
+        await c.execute(
+            "UPDATE blobs b SET refcount = b.refcount + d.n "
+            "FROM unnest($1::bigint[], $2::int[]) AS d(id, n) WHERE b.id = d.id",
+            ids,
+            [sign * counts[i] for i in ids],
+        )
+        return ids
 
     @staticmethod
     async def _unref_blobs(c: Conn, counts: dict[int, int]) -> None:
         if not counts:
             return
-        ids = sorted(counts)
-        await c.execute(
-            "UPDATE blobs b SET refcount = b.refcount - d.n "
-            "FROM unnest($1::bigint[], $2::int[]) AS d(id, n) WHERE b.id = d.id",
-            ids,
-            [counts[i] for i in ids],
-        )
+        ids = await PgStorage._ref_blobs(c, counts, -1)
         await c.execute("DELETE FROM blobs WHERE id = ANY($1::bigint[]) AND refcount <= 0", ids)
 
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
         rows = await self._fetch(
-            f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE account_id=$1 "
+            f"SELECT {sem.MAILBOX_COLS} FROM mailboxes WHERE account_id=$1 "
             "ORDER BY name <> 'INBOX', name COLLATE \"C\"",
             account_id,
         )
-        return [self._mailbox(r) for r in rows]
+        return [sem.mailbox_of(r) for r in rows]
 
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
         row = await self._fetchrow(
-            f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE account_id=$1 AND name=$2",
+            f"SELECT {sem.MAILBOX_COLS} FROM mailboxes WHERE account_id=$1 AND name=$2",
             account_id,
             names.normalise(name),
         )
-        return self._mailbox(row) if row else None
+        return sem.mailbox_of(row) if row else None
 
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
         row = await self._fetchrow(
-            f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE id=$1", mailbox_id
+            f"SELECT {sem.MAILBOX_COLS} FROM mailboxes WHERE id=$1", mailbox_id
         )
-        return self._mailbox(row) if row else None
+        return sem.mailbox_of(row) if row else None
 
     async def create_mailbox(self, account_id: int, name: str, role: str | None = None) -> Mailbox:
         name = names.validate(name)
 
         async def fn(c: Conn) -> tuple[Mailbox, list[ChangeEvent]]:
             [mb] = await self._create_mailboxes(c, account_id, [(name, role)])
-            return mb, [ChangeEvent(account_id, mb.id, ChangeKind.MAILBOX, (), 0)]
+            return mb, sem.mailbox_changed(account_id, mb.id)
 
         return await self._write(fn)
 
     async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
-        old = names.normalise(old)
-        new = names.validate(new)
+        plan = sem.rename_plan(old, new)
 
         async def fn(c: Conn) -> tuple[None, list[ChangeEvent]]:
-            row = await c.fetchrow(
-                "SELECT id, role FROM mailboxes WHERE account_id=$1 AND name=$2 FOR UPDATE",
-                account_id,
-                old,
+            found = "SELECT id FROM mailboxes WHERE account_id=$1 AND name=$2"
+            mid: int = plan.check(
+                await c.fetchval(found + " FOR UPDATE", account_id, plan.old),
+                await c.fetchval(found, account_id, plan.new),
             )
-            if row is None:
-                raise NotFound(f"no mailbox {old}")
-            exists = await c.fetchval(
-                "SELECT 1 FROM mailboxes WHERE account_id=$1 AND name=$2", account_id, new
-            )
-            if exists:
-                raise MailboxExists(f"mailbox {new} exists already")
-            if old == "INBOX":
-                # RFC 3501 §6.3.5: renaming INBOX moves its messages to the new mailbox and
-                # leaves INBOX empty (inferior names are not renamed).
-                [dst] = await self._create_mailboxes(c, account_id, [(new, None)])
+            if plan.moves_inbox:
+                [dst] = await self._create_mailboxes(c, account_id, [(plan.new, None)])
                 uids = [
                     r[0]
                     for r in await c.fetch(
-                        "SELECT uid FROM messages WHERE mailbox_id=$1 ORDER BY uid", row[0]
+                        "SELECT uid FROM messages WHERE mailbox_id=$1 ORDER BY uid", mid
                     )
                 ]
-                _, evs = await self._move_tx(c, row[0], uids, dst.id)
+                _, evs = await self._move_tx(c, mid, uids, dst.id)
                 return None, evs
-            prefix = old + names.DELIMITER
-            try:
+            try:  # the mailbox and its inferiors (plan.inferior) in one statement
                 await c.execute(
                     "UPDATE mailboxes SET name = CASE WHEN id=$2 THEN $3 "
                     "ELSE $3 || substr(name, length($4)) END "
                     "WHERE account_id=$1 AND (id=$2 OR left(name, length($4)) = $4)",
                     account_id,
-                    row[0],
-                    new,
-                    prefix,
+                    mid,
+                    plan.new,
+                    plan.prefix,
                 )
             except asyncpg.UniqueViolationError:
-                raise MailboxExists(f"a mailbox under {new} exists already") from None
-            return None, [ChangeEvent(account_id, row[0], ChangeKind.MAILBOX, (), 0)]
+                raise MailboxExists(f"a mailbox under {plan.new} exists already") from None
+            return None, sem.mailbox_changed(account_id, mid)
 
         await self._write(fn)
 
     async def delete_mailbox(self, account_id: int, name: str) -> None:
-        name = names.normalise(name)
-        if name == "INBOX":
-            raise StorageError("INBOX cannot be deleted")
+        name = sem.delete_name(name)
 
         async def fn(c: Conn) -> tuple[None, list[ChangeEvent]]:
-            mid = await c.fetchval(
-                "SELECT id FROM mailboxes WHERE account_id=$1 AND name=$2 FOR UPDATE",
-                account_id,
-                name,
+            mid = sem.need(
+                await c.fetchval(
+                    "SELECT id FROM mailboxes WHERE account_id=$1 AND name=$2 FOR UPDATE",
+                    account_id,
+                    name,
+                ),
+                sem.no_mailbox(name),
             )
-            if mid is None:
-                raise NotFound(f"no mailbox {name}")
             await self._drop_mailbox_tx(c, mid)
-            return None, [ChangeEvent(account_id, mid, ChangeKind.MAILBOX, (), 0)]
+            return None, sem.mailbox_changed(account_id, mid)
 
         await self._write(fn)
 
@@ -920,24 +862,21 @@ class PgStorage:
                 account_id,
                 name,
             )
-            if status == "UPDATE 0":
-                raise NotFound(f"no mailbox {name}")
+            sem.need_changed(_affected(status), sem.no_mailbox(name))
             return None, []
 
         await self._write(fn)
 
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         row = await self._fetchrow(
-            f"SELECT {self._MAILBOX_COLS}, s.n, s.octets, s.unseen, s.first_unseen "
+            f"SELECT {sem.MAILBOX_COLS}, s.n, s.octets, s.unseen, s.first_unseen "
             "FROM mailboxes, LATERAL (SELECT count(*) AS n, coalesce(sum(size), 0) AS octets, "
             "count(*) FILTER (WHERE NOT flags @> ARRAY['\\Seen']) AS unseen, "
             "min(uid) FILTER (WHERE NOT flags @> ARRAY['\\Seen']) AS first_unseen "
             "FROM messages WHERE mailbox_id = mailboxes.id) AS s WHERE id=$1",
             mailbox_id,
         )
-        if row is None:
-            raise NotFound("no such mailbox")
-        return MailboxStatus(self._mailbox(row), row[8], row[10], int(row[9]), row[11])
+        return sem.status_of(sem.need(row, sem.NO_MAILBOX), row[8:])
 
     # -- messages ----------------------------------------------------------------------
     async def _store_blob_tx(self, c: Conn, blob: BlobSource, refs: int) -> int:
@@ -962,20 +901,25 @@ class PgStorage:
         if not inserted or small or blob.size == 0:
             return blob_id
         if blob.data is not None:
-            data = blob.data
-            ns = list(range((len(data) + CHUNK - 1) // CHUNK))
-            await c.execute(
-                "INSERT INTO blob_chunks(blob_id, n, data) "
-                "SELECT $1, t.n, t.d FROM unnest($2::int[], $3::bytea[]) AS t(n, d)",
-                blob_id,
-                ns,
-                [data[n * CHUNK : (n + 1) * CHUNK] for n in ns],
-            )
+            await self._store_chunks(c, blob_id, 0, blob.data)
             return blob_id
         if blob.path is None:
             raise StorageError("blob has neither data nor path")
         await self._store_file_chunks(c, blob_id, blob.path, blob.size)
         return blob_id
+
+    @staticmethod
+    async def _store_chunks(c: Conn, blob_id: int, first: int, data: bytes) -> int:
+        """Store ``data`` as the chunks numbered from ``first``; returns the next number."""
+        ns = list(range(first, first + (len(data) + CHUNK - 1) // CHUNK))
+        await c.execute(
+            "INSERT INTO blob_chunks(blob_id, n, data) "
+            "SELECT $1, t.n, t.d FROM unnest($2::int[], $3::bytea[]) AS t(n, d)",
+            blob_id,
+            ns,
+            [data[(i - first) * CHUNK : (i - first + 1) * CHUNK] for i in ns],
+        )
+        return first + len(ns)
 
     @staticmethod
     async def _store_file_chunks(c: Conn, blob_id: int, path: str, size: int) -> None:
@@ -988,15 +932,7 @@ class PgStorage:
                 data: bytes = await loop.run_in_executor(None, fh.read, want)
                 if len(data) < want:
                     raise StorageError("spool file shorter than the message size")
-                ns = list(range(n, n + (len(data) + CHUNK - 1) // CHUNK))
-                await c.execute(
-                    "INSERT INTO blob_chunks(blob_id, n, data) "
-                    "SELECT $1, t.n, t.d FROM unnest($2::int[], $3::bytea[]) AS t(n, d)",
-                    blob_id,
-                    ns,
-                    [data[(i - n) * CHUNK : (i - n + 1) * CHUNK] for i in ns],
-                )
-                n = ns[-1] + 1
+                n = await PgStorage._store_chunks(c, blob_id, n, data)
                 written += len(data)
 
     async def _bump_mailbox(self, c: Conn, mailbox_id: int, uids: int) -> tuple[int, int]:
@@ -1007,18 +943,13 @@ class PgStorage:
             uids,
             mailbox_id,
         )
-        if row is None:
-            raise NotFound("no such mailbox")
-        return int(row[0]) - uids, int(row[1])
+        return sem.allocated(row, uids)
 
     async def _charge(self, c: Conn, account_id: int, size: int) -> None:
         row = await c.fetchrow(
             "UPDATE accounts SET used=used+$1 WHERE id=$2 RETURNING used, quota", size, account_id
         )
-        if row is None:
-            raise NotFound("no such account")
-        if size > 0 and row[1] and row[0] > row[1]:
-            raise QuotaExceeded(f"account {account_id} is over its quota")
+        sem.charged(row, account_id, size)
 
     # One statement per delivered copy: lock the mailbox row and allocate the UID and modseq,
     # charge the account, insert the message. An empty result means no such mailbox.
@@ -1042,7 +973,7 @@ class PgStorage:
     async def _deliver_one(
         self, c: Conn, t: AppendTarget, size: int, blob_id: int, now: float
     ) -> tuple[int, int, int]:
-        flags = _flags(t.flags)
+        flags = sem.sorted_flags(t.flags)
         idate = t.internaldate if t.internaldate is not None else now
         if t.mailbox_id is not None:
             row = await c.fetchrow(
@@ -1064,15 +995,13 @@ class PgStorage:
                 )
                 row = await c.fetchrow(self._DELIVER_BY_NAME, *args)
         if row is None:
-            raise NotFound("no such mailbox")
-        if size > 0 and row[4] and row[3] > row[4]:
-            raise QuotaExceeded(f"account {t.account_id} is over its quota")
+            raise NotFound(sem.NO_MAILBOX)
+        sem.charged((row[3], row[4]), t.account_id, size)
         return int(row[0]), int(row[1]), int(row[2])
 
     async def append(
         self, blob: BlobSource, targets: Sequence[AppendTarget]
     ) -> list[tuple[int, int]]:
-        """Store ``blob`` once and create one entry per target, all in one transaction."""
         return await self.deliver(blob, targets)
 
     async def deliver(
@@ -1082,12 +1011,8 @@ class PgStorage:
         outgoing: OutgoingMessage | None = None,
         queue_id: str | None = None,
     ) -> list[tuple[int, int]]:
-        """One transaction: the blob, a mailbox entry per local target and, when ``outgoing``
-        is given, a queued message (``queue_id``) with one entry per destination domain."""
-        if not targets and (outgoing is None or not outgoing.recipients):
+        if not sem.wants_delivery(targets, outgoing, queue_id):
             return []
-        if outgoing is not None and not queue_id:
-            raise ValueError("a queued message needs a queue id")
         now = time.time()
         return await self._write(
             lambda c: self._deliver_tx(c, blob, targets, outgoing, queue_id, now)
@@ -1103,8 +1028,7 @@ class PgStorage:
         now: float,
     ) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
         """The body of :meth:`deliver` (also a notification stored with a queue change)."""
-        refs = len(targets) + (1 if outgoing is not None else 0)
-        blob_id = await self._store_blob_tx(c, blob, refs)
+        blob_id = await self._store_blob_tx(c, blob, sem.blob_refs(targets, outgoing))
         out: list[tuple[int, int]] = []
         events: list[ChangeEvent] = []
         for t in targets:
@@ -1119,9 +1043,7 @@ class PgStorage:
     # -- the outgoing queue ----------------------------------------------------------------
     @staticmethod
     async def _enqueue_tx(c: Conn, queue_id: str, blob_id: int, msg: OutgoingMessage) -> None:
-        by_domain: dict[str, list[QueueRecipient]] = {}
-        for r in msg.recipients:
-            by_domain.setdefault(r.address.rpartition("@")[2].lower(), []).append(r)
+        by_domain = sem.rcpts_by_domain(msg.recipients)
         try:
             await c.execute(
                 "WITH q AS (INSERT INTO queue_messages(id, blob_id, sender, envid, ret, "
@@ -1137,38 +1059,10 @@ class PgStorage:
                 msg.ret,
                 msg.account_id,
                 list(by_domain),
-                [_rcpts_to_json(rs) for rs in by_domain.values()],
+                list(by_domain.values()),
             )
         except asyncpg.UniqueViolationError:
             raise StorageError(f"queue id {queue_id} is in use") from None
-
-    _ENTRY_COLS = (
-        "e.id, e.queue_id, e.domain, e.recipients, e.due, e.attempts, e.last_error, e.owner, "
-        "e.lease_until, e.created, e.warned, q.sender, q.envid, q.ret, b.hash, b.size "
-        "FROM queue_entries e JOIN queue_messages q ON q.id = e.queue_id "
-        "JOIN blobs b ON b.id = q.blob_id"
-    )
-
-    @staticmethod
-    def _entry(r: Any) -> QueueEntry:
-        return QueueEntry(
-            r[0],
-            r[1],
-            r[2],
-            _json_to_rcpts(r[3]),
-            r[4],
-            r[5],
-            r[6],
-            r[7],
-            r[8],
-            r[9],
-            bool(r[10]),
-            r[11],
-            r[12],
-            r[13],
-            r[14],
-            r[15],
-        )
 
     async def queue_claim(
         self, owner: str, lease: float, limit: int, now: float | None = None
@@ -1190,16 +1084,13 @@ class PgStorage:
                 "ORDER BY e.due, e.id LIMIT $2 FOR UPDATE OF e SKIP LOCKED), "
                 "upd AS (UPDATE queue_entries e SET owner = $3, lease_until = t.db + $4 "
                 "FROM due, t WHERE e.id = due.id RETURNING e.*) "
-                "SELECT e.id, e.queue_id, e.domain, e.recipients, e.due, e.attempts, "
-                "e.last_error, e.owner, e.lease_until, e.created, e.warned, q.sender, q.envid, "
-                "q.ret, b.hash, b.size FROM upd e JOIN queue_messages q ON q.id = e.queue_id "
-                "JOIN blobs b ON b.id = q.blob_id ORDER BY e.due, e.id",
+                f"SELECT {sem.entry_cols('upd')} ORDER BY e.due, e.id",
                 now,
                 limit,
                 owner,
                 float(lease),
             )
-            return [self._entry(r) for r in rows], []
+            return [sem.entry_of(r) for r in rows], []
 
         return await self._write(fn)
 
@@ -1216,7 +1107,7 @@ class PgStorage:
                 ids,
                 owner,
             )
-            return int(status.split()[-1]), []
+            return _affected(status), []
 
         return await self._write(fn)
 
@@ -1232,15 +1123,6 @@ class PgStorage:
         relative_to: float | None = None,
         notification: Notification | None = None,
     ) -> bool:
-        """Finish an attempt: keep ``remaining`` recipients for another try at ``due`` (none
-        left: the entry is done and, with the message's last entry, the message too), and
-        store ``notification``, all in one transaction (see :class:`Storage`).
-
-        Returns False when our lease was lost (another node took the entry): nothing changes.
-        A lease that expired but that nobody took is still ours (nobody else can be
-        delivering the entry: taking it over changes the owner). With ``relative_to`` the
-        entry is due at the database clock + (``due`` - ``relative_to``).
-        """
         rest = tuple(remaining)
         if notification is not None:
             notification.check()
@@ -1258,7 +1140,7 @@ class PgStorage:
                 await c.execute(
                     f"UPDATE queue_entries SET recipients=$1, due={at}, attempts=attempts+1, "
                     "last_error=$3, owner=NULL, lease_until=NULL, warned=$4 WHERE id=$5",
-                    _rcpts_to_json(rest),
+                    sem.rcpts_to_json(rest),
                     due_arg,
                     last_error,
                     warned,
@@ -1273,9 +1155,9 @@ class PgStorage:
 
     async def _notify_tx(self, c: Conn, n: Notification | None) -> list[ChangeEvent]:
         """Store a notification inside a queue transaction; returns its change events."""
-        if n is None or n.empty:
+        n = sem.notification_to_store(n)
+        if n is None:
             return []
-        n.check()
         _, events = await self._deliver_tx(
             c, n.blob, n.targets, n.outgoing, n.queue_id, time.time()
         )
@@ -1293,34 +1175,30 @@ class PgStorage:
 
     async def queue_entries(self, queue_id: str | None = None) -> list[QueueEntry]:
         if queue_id is None:
-            rows = await self._fetch(f"SELECT {self._ENTRY_COLS} ORDER BY e.created, e.id")
+            rows = await self._fetch(f"SELECT {sem.ENTRY_COLS} ORDER BY e.created, e.id")
         else:
             rows = await self._fetch(
-                f"SELECT {self._ENTRY_COLS} WHERE e.queue_id=$1 ORDER BY e.id", queue_id
+                f"SELECT {sem.ENTRY_COLS} WHERE e.queue_id=$1 ORDER BY e.id", queue_id
             )
-        return [self._entry(r) for r in rows]
+        return [sem.entry_of(r) for r in rows]
 
     async def queue_remove(
         self,
         queue_id: str,
         report: Callable[[list[QueueEntry]], Notification | None] | None = None,
     ) -> list[QueueEntry]:
-        """Delete a queued message (all its entries) and store the notification ``report``
-        makes of them, in one transaction; returns what was removed."""
-
         async def fn(c: Conn) -> tuple[list[QueueEntry], list[ChangeEvent]]:
             exists = await c.fetchval(
                 "SELECT 1 FROM queue_messages WHERE id=$1 FOR UPDATE", queue_id
             )
             if exists is None:
-                raise NotFound(f"no queued message {queue_id}")
+                raise sem.no_queued_message(queue_id)
             rows = await c.fetch(
-                f"SELECT {self._ENTRY_COLS} WHERE e.queue_id=$1 ORDER BY e.id", queue_id
+                f"SELECT {sem.ENTRY_COLS} WHERE e.queue_id=$1 ORDER BY e.id", queue_id
             )
             await c.execute("DELETE FROM queue_entries WHERE queue_id=$1", queue_id)
             await self._drop_queue_message_if_done(c, queue_id)
-            removed = [self._entry(r) for r in rows]
-            note = report(removed) if report is not None else None
+            removed, note = sem.removal(rows, report)
             return removed, await self._notify_tx(c, note)
 
         return await self._write(fn)
@@ -1334,7 +1212,7 @@ class PgStorage:
                 "UPDATE queue_entries SET due = t.now FROM t WHERE due > t.now",
                 now,
             )
-            return int(status.split()[-1]), []
+            return _affected(status), []
 
         return await self._write(fn)
 
@@ -1361,29 +1239,27 @@ class PgStorage:
         )
         return [(r[0], r[1], frozenset(r[2])) for r in rows]
 
+    async def _fetch_uids(self, base: str, mailbox_id: int, uids: list[int]) -> list[Any]:
+        """``base`` (selecting from ``messages m`` of one mailbox) for the ascending ``uids``
+        (not empty), ordered by uid."""
+        if uids[-1] - uids[0] + 1 == len(uids):  # contiguous: one range scan
+            return await self._fetch(
+                base + " AND m.uid BETWEEN $2 AND $3 ORDER BY m.uid", mailbox_id, uids[0], uids[-1]
+            )
+        return await self._fetch(
+            base + " AND m.uid = ANY($2::bigint[]) ORDER BY m.uid", mailbox_id, uids
+        )
+
     async def fetch_messages(
         self, mailbox_id: int, uids: Iterable[int] | None = None
     ) -> list[MessageRecord]:
-        base = (
-            "SELECT m.uid, m.modseq, m.flags, m.internaldate, m.size, b.hash, b.structure "
-            "FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id=$1"
-        )
         uid_list = None if uids is None else sorted(set(uids))
         if uid_list is None:
-            rows = await self._fetch(base + " ORDER BY m.uid", mailbox_id)
+            rows = await self._fetch(_MESSAGES + " ORDER BY m.uid", mailbox_id)
         elif not uid_list:
             return []
-        elif uid_list[-1] - uid_list[0] + 1 == len(uid_list):  # contiguous: one range scan
-            rows = await self._fetch(
-                base + " AND m.uid BETWEEN $2 AND $3 ORDER BY m.uid",
-                mailbox_id,
-                uid_list[0],
-                uid_list[-1],
-            )
         else:
-            rows = await self._fetch(
-                base + " AND m.uid = ANY($2::bigint[]) ORDER BY m.uid", mailbox_id, uid_list
-            )
+            rows = await self._fetch_uids(_MESSAGES, mailbox_id, uid_list)
         return [
             MessageRecord(mailbox_id, r[0], r[1], frozenset(r[2]), r[3], r[4], r[5], bytes(r[6]))
             for r in rows
@@ -1395,21 +1271,7 @@ class PgStorage:
         uid_list = sorted(set(uids))
         if not uid_list:
             return []
-        base = (
-            "SELECT m.uid, m.modseq, m.internaldate, m.size, b.hash "
-            "FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id=$1"
-        )
-        if uid_list[-1] - uid_list[0] + 1 == len(uid_list):  # contiguous: one range scan
-            rows = await self._fetch(
-                base + " AND m.uid BETWEEN $2 AND $3 ORDER BY m.uid",
-                mailbox_id,
-                uid_list[0],
-                uid_list[-1],
-            )
-        else:
-            rows = await self._fetch(
-                base + " AND m.uid = ANY($2::bigint[]) ORDER BY m.uid", mailbox_id, uid_list
-            )
+        rows = await self._fetch_uids(_META, mailbox_id, uid_list)
         return [(r[0], r[1], float(r[2]), r[3], r[4]) for r in rows]
 
     async def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
@@ -1446,51 +1308,38 @@ class PgStorage:
         uid_list = sorted(set(uids))
 
         async def fn(c: Conn) -> tuple[list[StoreResult], list[ChangeEvent]]:
-            owner = await c.fetchval(
-                "SELECT account_id FROM mailboxes WHERE id=$1 FOR UPDATE", mailbox_id
-            )
-            if owner is None:
-                raise NotFound("no such mailbox")
+            owner = await self._owner(c, mailbox_id, lock=True)
             rows = await c.fetch(
                 "SELECT uid, modseq, flags FROM messages WHERE mailbox_id=$1 "
                 "AND uid = ANY($2::bigint[]) ORDER BY uid",
                 mailbox_id,
                 uid_list,
             )
-            changes: list[tuple[int, frozenset[str]]] = []
-            for uid, modseq, current in rows:
-                if unchanged_since is not None and modseq > unchanged_since:
-                    continue
-                cur = frozenset(current)
-                if mode is FlagMode.ADD:
-                    new = cur | flagset
-                elif mode is FlagMode.REMOVE:
-                    new = cur - flagset
-                else:
-                    new = flagset
-                if new != cur:
-                    changes.append((uid, new))
+            changes = sem.flag_changes(rows, frozenset, mode, flagset, unchanged_since)
             if not changes:
                 return [], []
             _, modseq = await self._bump_mailbox(c, mailbox_id, 0)
             await c.executemany(
                 "UPDATE messages SET flags=$1, modseq=$2 WHERE mailbox_id=$3 AND uid=$4",
-                [(_flags(f), modseq, mailbox_id, u) for u, f in changes],
+                [(sem.sorted_flags(f), modseq, mailbox_id, u) for u, f in changes],
             )
-            results = [StoreResult(u, modseq, f) for u, f in changes]
-            ev = ChangeEvent(
-                owner, mailbox_id, ChangeKind.FLAGS, tuple(u for u, _ in changes), modseq
-            )
-            return results, [ev]
+            return sem.flags_stored(owner, mailbox_id, changes, modseq)
 
         return await self._write(fn)
+
+    @staticmethod
+    async def _owner(c: Conn, mailbox_id: int, *, lock: bool = False) -> int:
+        """The account a mailbox belongs to (``lock``: the mailbox row locked until COMMIT)."""
+        owner = await c.fetchval(
+            "SELECT account_id FROM mailboxes WHERE id=$1" + (" FOR UPDATE" if lock else ""),
+            mailbox_id,
+        )
+        return int(sem.need(owner, sem.NO_MAILBOX))
 
     async def _copy_tx(
         self, c: Conn, src: int, uids: Sequence[int], dst: int
     ) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
-        owner = await c.fetchval("SELECT account_id FROM mailboxes WHERE id=$1", dst)
-        if owner is None:
-            raise NotFound("no such mailbox")
+        owner = await self._owner(c, dst)
         rows = await c.fetch(
             "SELECT uid, flags, internaldate, size, blob_id FROM messages WHERE mailbox_id=$1 "
             "AND uid = ANY($2::bigint[]) ORDER BY uid FOR SHARE",
@@ -1500,8 +1349,7 @@ class PgStorage:
         if not rows:
             return [], []
         first, modseq = await self._bump_mailbox(c, dst, len(rows))
-        total = sum(r[3] for r in rows)
-        mapping = [(r[0], first + i) for i, r in enumerate(rows)]
+        mapping, evs = sem.copied(owner, dst, [r[0] for r in rows], first, modseq)
         await c.execute(
             "INSERT INTO messages(mailbox_id, uid, modseq, flags, internaldate, size, blob_id) "
             "SELECT $1, m.uid, $2, s.flags, s.internaldate, s.size, s.blob_id "
@@ -1513,36 +1361,19 @@ class PgStorage:
             [m[1] for m in mapping],
             src,
         )
-        counts: dict[int, int] = {}
-        for r in rows:
-            counts[r[4]] = counts.get(r[4], 0) + 1
-        ids = sorted(counts)
-        await c.execute(
-            "UPDATE blobs b SET refcount = b.refcount + d.n "
-            "FROM unnest($1::bigint[], $2::int[]) AS d(id, n) WHERE b.id = d.id",
-            ids,
-            [counts[i] for i in ids],
-        )
-        await self._charge(c, owner, total)
-        ev = ChangeEvent(owner, dst, ChangeKind.APPEND, tuple(m[1] for m in mapping), modseq)
-        return mapping, [ev]
+        await self._ref_blobs(c, sem.blob_counts(r[4] for r in rows))
+        await self._charge(c, owner, sum(r[3] for r in rows))
+        return mapping, evs
 
     async def copy_messages(
         self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
     ) -> list[tuple[int, int]]:
-        async def fn(c: Conn) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
-            return await self._copy_tx(c, src_mailbox_id, uids, dst_mailbox_id)
-
-        return await self._write(fn)
+        return await self._write(lambda c: self._copy_tx(c, src_mailbox_id, uids, dst_mailbox_id))
 
     async def _expunge_tx(
         self, c: Conn, mailbox_id: int, uids: Sequence[int] | None, only_deleted: bool
     ) -> tuple[list[int], list[ChangeEvent]]:
-        owner = await c.fetchval(
-            "SELECT account_id FROM mailboxes WHERE id=$1 FOR UPDATE", mailbox_id
-        )
-        if owner is None:
-            raise NotFound("no such mailbox")
+        owner = await self._owner(c, mailbox_id, lock=True)
         q = "DELETE FROM messages WHERE mailbox_id=$1"
         args: list[Any] = [mailbox_id]
         if only_deleted:
@@ -1563,15 +1394,12 @@ class PgStorage:
             modseq,
             gone,
         )
-        counts: dict[int, int] = {}
-        for r in rows:
-            counts[r[2]] = counts.get(r[2], 0) + 1
-        await self._unref_blobs(c, counts)
+        await self._unref_blobs(c, sem.blob_counts(r[2] for r in rows))
         total = sum(r[1] for r in rows)
         await c.execute(
             "UPDATE accounts SET used = greatest(0, used - $1) WHERE id = $2", total, owner
         )
-        return gone, [ChangeEvent(owner, mailbox_id, ChangeKind.EXPUNGE, tuple(gone), modseq)]
+        return sem.expunged(owner, mailbox_id, gone, modseq)
 
     async def _move_tx(
         self, c: Conn, src: int, uids: Sequence[int], dst: int
@@ -1585,26 +1413,13 @@ class PgStorage:
     async def move_messages(
         self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
     ) -> list[tuple[int, int]]:
-        async def fn(c: Conn) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
-            return await self._move_tx(c, src_mailbox_id, uids, dst_mailbox_id)
-
-        return await self._write(fn)
+        return await self._write(lambda c: self._move_tx(c, src_mailbox_id, uids, dst_mailbox_id))
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
-        """Remove messages flagged ``\\Deleted`` (only those among ``uids`` when given)."""
-
-        async def fn(c: Conn) -> tuple[list[int], list[ChangeEvent]]:
-            return await self._expunge_tx(c, mailbox_id, uids, only_deleted=True)
-
-        return await self._write(fn)
+        return await self._write(lambda c: self._expunge_tx(c, mailbox_id, uids, True))
 
     async def delete_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
-        """Remove the given messages whatever their flags (POP3 DELE+QUIT, web delete)."""
-
-        async def fn(c: Conn) -> tuple[list[int], list[ChangeEvent]]:
-            return await self._expunge_tx(c, mailbox_id, uids, only_deleted=False)
-
-        return await self._write(fn)
+        return await self._write(lambda c: self._expunge_tx(c, mailbox_id, uids, False))
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
         # One statement, so the three parts come from one snapshot.
@@ -1620,7 +1435,7 @@ class PgStorage:
         )
         highest = [r[1] for r in rows if r[0] == 0]
         if not highest:
-            raise NotFound("no such mailbox")
+            raise NotFound(sem.NO_MAILBOX)
         changed = sorted((r[1], r[2], frozenset(r[3])) for r in rows if r[0] == 1)
         expunged = sorted(r[1] for r in rows if r[0] == 2)
         return Changes(int(highest[0]), changed, expunged)
@@ -1629,15 +1444,11 @@ class PgStorage:
         self, mailbox_id: int, modseq: int, limit: int
     ) -> Changes | None:
         changes = await PgStorage.changes_since(self, mailbox_id, modseq)  # one round trip
-        if len(changes.changed) > limit or len(changes.expunged) > limit:
-            return None
-        return changes
+        return changes if sem.within(limit, changes.changed, changes.expunged) else None
 
     async def quota_usage(self, account_id: int) -> tuple[int, int]:
         row = await self._fetchrow("SELECT used, quota FROM accounts WHERE id=$1", account_id)
-        if row is None:
-            raise NotFound("no such account")
-        return int(row[0]), int(row[1])
+        return sem.usage_of(row)
 
     # -- POP3 maildrop locks across nodes ------------------------------------------------
     async def _locks(self) -> Conn:
@@ -1739,26 +1550,14 @@ class PgStorage:
     # -- maintenance ---------------------------------------------------------------------
     async def integrity_check(self) -> list[str]:
         """Verify refcounts, blob chunks and quota bookkeeping (empty list = fine)."""
-        problems: list[str] = []
-        for bid, refcount, actual in await self._fetch(
-            "SELECT b.id, b.refcount, (SELECT count(*) FROM messages m WHERE m.blob_id=b.id) "
-            "+ (SELECT count(*) FROM queue_messages q WHERE q.blob_id=b.id) FROM blobs b"
-        ):
-            if refcount != actual:
-                problems.append(f"blob {bid}: refcount {refcount} but {actual} references")
+        problems = sem.refcount_problems(await self._fetch(sem.INTEGRITY_REFCOUNTS))
         for bid, size, stored in await self._fetch(
             "SELECT b.id, b.size, coalesce((SELECT sum(length(c.data)) FROM blob_chunks c "
             "WHERE c.blob_id = b.id), 0) FROM blobs b"
         ):
             if size != stored:
                 problems.append(f"blob {bid}: size {size} but {stored} bytes stored")
-        for aid, used, actual in await self._fetch(
-            "SELECT a.id, a.used, (SELECT coalesce(sum(m.size),0) FROM messages m JOIN "
-            "mailboxes x ON x.id=m.mailbox_id WHERE x.account_id=a.id) FROM accounts a"
-        ):
-            if used != actual:
-                problems.append(f"account {aid}: used {used} but messages sum to {actual}")
-        return problems
+        return problems + sem.usage_problems(await self._fetch(sem.INTEGRITY_USAGE))
 
     async def counts(self) -> dict[str, int]:
         """Row counts per table (for ``storage copy`` verification and tests)."""

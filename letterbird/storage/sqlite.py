@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from letterbird.storage import names
+from letterbird.storage import semantics as sem
 from letterbird.storage.events import ChangeBus, ChangeEvent, ChangeKind
 from letterbird.storage.interface import (
     SPECIAL_USE_DEFAULTS,
     Account,
-    AccountExists,
     Alias,
     AppendTarget,
     BlobSource,
@@ -44,7 +44,6 @@ from letterbird.storage.interface import (
     Domain,
     FlagMode,
     Mailbox,
-    MailboxExists,
     MailboxStatus,
     MessageRecord,
     NotFound,
@@ -52,7 +51,6 @@ from letterbird.storage.interface import (
     OutgoingMessage,
     QueueEntry,
     QueueRecipient,
-    QuotaExceeded,
     StorageError,
     StoreResult,
 )
@@ -166,14 +164,8 @@ MIGRATIONS.append(
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def _rcpts_to_json(rcpts: Sequence[QueueRecipient]) -> str:
-    return json.dumps([[r.address, list(r.notify), r.orcpt] for r in rcpts])
-
-
-def _json_to_rcpts(text: str) -> tuple[QueueRecipient, ...]:
-    return tuple(QueueRecipient(a, tuple(n), o) for a, n, o in json.loads(text))
-
-
+# How this backend stores flags and alias targets: flags as one space-separated string
+# (the canonical order of :func:`semantics.sorted_flags`), targets one a line.
 def _flags_to_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(set(flags)))
 
@@ -182,8 +174,26 @@ def _text_to_flags(text: str) -> frozenset[str]:
     return frozenset(text.split()) if text else frozenset()
 
 
-def _norm_local(local: str) -> str:
-    return local.casefold()
+def _alias(row: Any) -> Alias:
+    return sem.alias_of(row, row[3].split("\n"))
+
+
+_MESSAGES = f"SELECT {sem.MESSAGE_COLS} WHERE m.mailbox_id=?"
+_META = f"SELECT {sem.META_COLS} WHERE m.mailbox_id=?"
+
+
+def _select_uids(c: sqlite3.Connection, base: str, mailbox_id: int, uids: list[int]) -> list[Any]:
+    """``base`` (selecting from ``messages m`` of one mailbox) for the ascending ``uids``
+    (not empty), ordered by uid."""
+    lo, hi = uids[0], uids[-1]
+    if hi - lo + 1 == len(uids):  # a contiguous range: one range scan
+        return c.execute(
+            base + " AND m.uid BETWEEN ? AND ? ORDER BY m.uid", (mailbox_id, lo, hi)
+        ).fetchall()
+    return c.execute(
+        base + " AND m.uid IN (SELECT value FROM json_each(?)) ORDER BY m.uid",
+        (mailbox_id, json.dumps(uids)),
+    ).fetchall()
 
 
 def _connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -240,6 +250,13 @@ def _resolve(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -
 def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for fut, result, exc in results:
         _resolve(fut, result, exc)
+
+
+def _cannot_begin(batch: list[_Job], exc: sqlite3.Error) -> None:
+    """Fail every job of a batch whose transaction could not begin."""
+    err = StorageError(f"cannot begin transaction: {exc}")
+    for job in batch:
+        job.loop.call_soon_threadsafe(_resolve, job.future, None, err)
 
 
 class SqliteStorage:
@@ -324,9 +341,7 @@ class SqliteStorage:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            err = StorageError(f"cannot begin transaction: {exc}")
-            for job in batch:
-                job.loop.call_soon_threadsafe(_resolve, job.future, None, err)
+            _cannot_begin(batch, exc)
             return
         # First without savepoints: every statement is a GIL round trip for this thread, and
         # jobs seldom fail. If one does, the transaction is rolled back and the batch is run
@@ -344,9 +359,7 @@ class SqliteStorage:
                     conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                err = StorageError(f"cannot begin transaction: {exc}")
-                for job in batch:
-                    job.loop.call_soon_threadsafe(_resolve, job.future, None, err)
+                _cannot_begin(batch, exc)
                 return
             for job in batch:
                 conn.execute("SAVEPOINT job")
@@ -436,61 +449,52 @@ class SqliteStorage:
                     "INSERT INTO domains(name, created) VALUES(?, ?)", (name, time.time())
                 )
             except sqlite3.IntegrityError:
-                raise AccountExists(f"domain {name} exists already") from None
+                raise sem.domain_exists(name) from None
             return Domain(int(cur.lastrowid or 0), name), []
 
         return await self._write(fn)
 
     async def remove_domain(self, name: str) -> None:
         def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
-            row = c.execute("SELECT id FROM domains WHERE name=?", (name,)).fetchone()
-            if row is None:
-                raise NotFound(f"no domain {name}")
-            n = c.execute("SELECT count(*) FROM accounts WHERE domain_id=?", (row[0],)).fetchone()
-            if n[0]:
-                raise StorageError(f"domain {name} still has {n[0]} account(s); remove them first")
-            c.execute("DELETE FROM aliases WHERE domain_id=?", (row[0],))
-            c.execute("DELETE FROM domains WHERE id=?", (row[0],))
+            dom = sem.need(self._domain_id(c, name), sem.no_domain(name))
+            n = c.execute("SELECT count(*) FROM accounts WHERE domain_id=?", (dom,)).fetchone()
+            sem.check_domain_empty(name, n[0])
+            c.execute("DELETE FROM aliases WHERE domain_id=?", (dom,))
+            c.execute("DELETE FROM domains WHERE id=?", (dom,))
             return None, []
 
         await self._write(fn)
+
+    @staticmethod
+    def _domain_id(c: sqlite3.Connection, name: str) -> int | None:
+        row = c.execute("SELECT id FROM domains WHERE name=?", (name,)).fetchone()
+        return None if row is None else int(row[0])
 
     async def list_domains(self) -> list[Domain]:
         rows = await self._read(
             lambda c: c.execute("SELECT id, name FROM domains ORDER BY name").fetchall()
         )
-        return [Domain(r[0], r[1]) for r in rows]
+        return [sem.domain_of(r) for r in rows]
 
     async def get_domain(self, name: str) -> Domain | None:
         row = await self._read(
             lambda c: c.execute("SELECT id, name FROM domains WHERE name=?", (name,)).fetchone()
         )
-        return Domain(row[0], row[1]) if row else None
-
-    _ACCOUNT_COLS = (
-        "a.id, a.local, d.name, a.password_hash, a.quota, a.used "
-        "FROM accounts a JOIN domains d ON d.id = a.domain_id"
-    )
-
-    @staticmethod
-    def _account(row: Any) -> Account:
-        return Account(row[0], row[1], row[2], row[3], row[4], row[5])
+        return sem.domain_of(row) if row else None
 
     async def add_account(self, local: str, domain: str, password_hash: str) -> Account:
         quota = self.default_quota
 
         def fn(c: sqlite3.Connection) -> tuple[Account, list[ChangeEvent]]:
-            row = c.execute("SELECT id FROM domains WHERE name=?", (domain,)).fetchone()
-            if row is None:
-                raise NotFound(f"no domain {domain}; add it first")
+            dom = sem.need(self._domain_id(c, domain), sem.no_domain(domain, adding=True))
             try:
                 cur = c.execute(
                     "INSERT INTO accounts(domain_id, local, local_norm, password_hash, quota, "
                     "created) VALUES(?, ?, ?, ?, ?, ?)",
-                    (row[0], local, _norm_local(local), password_hash, quota, time.time()),
+                    (dom, local, sem.norm_local(local), password_hash, quota, time.time()),
                 )
             except sqlite3.IntegrityError:
-                raise AccountExists(f"account {local}@{domain} exists already") from None
+                raise sem.account_exists(local, domain) from None
             account_id = int(cur.lastrowid or 0)
             for name, role in SPECIAL_USE_DEFAULTS:
                 self._create_mailbox_tx(c, account_id, name, role)
@@ -500,8 +504,10 @@ class SqliteStorage:
 
     async def remove_account(self, account_id: int) -> None:
         def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
-            if c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone() is None:
-                raise NotFound("no such account")
+            sem.need(
+                c.execute("SELECT 1 FROM accounts WHERE id=?", (account_id,)).fetchone(),
+                sem.NO_ACCOUNT,
+            )
             for (mid,) in c.execute(
                 "SELECT id FROM mailboxes WHERE account_id=?", (account_id,)
             ).fetchall():
@@ -511,76 +517,68 @@ class SqliteStorage:
 
         await self._write(fn)
 
-    async def set_password(self, account_id: int, password_hash: str) -> None:
+    async def _set_account(self, account_id: int, column: str, value: object) -> None:
         def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
-            cur = c.execute(
-                "UPDATE accounts SET password_hash=? WHERE id=?", (password_hash, account_id)
-            )
-            if cur.rowcount == 0:
-                raise NotFound("no such account")
+            cur = c.execute(f"UPDATE accounts SET {column}=? WHERE id=?", (value, account_id))
+            sem.need_changed(cur.rowcount, sem.NO_ACCOUNT)
             return None, []
 
         await self._write(fn)
+
+    async def set_password(self, account_id: int, password_hash: str) -> None:
+        await self._set_account(account_id, "password_hash", password_hash)
 
     async def set_quota(self, account_id: int, quota: int) -> None:
-        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
-            cur = c.execute("UPDATE accounts SET quota=? WHERE id=?", (quota, account_id))
-            if cur.rowcount == 0:
-                raise NotFound("no such account")
-            return None, []
-
-        await self._write(fn)
+        await self._set_account(account_id, "quota", quota)
 
     async def get_account(self, account_id: int) -> Account | None:
         row = await self._read(
+            lambda c: c.execute(f"SELECT {sem.ACCOUNT_COLS} WHERE a.id=?", (account_id,)).fetchone()
+        )
+        return sem.account_of(row) if row else None
+
+    # Accounts and aliases are both ``a`` joined to their domain ``d``, looked up by domain
+    # and normalised local part, listed by domain then local part.
+    async def _find_by_address(self, cols: str, norm: str, domain: str) -> Any:
+        return await self._read(
             lambda c: c.execute(
-                f"SELECT {self._ACCOUNT_COLS} WHERE a.id=?", (account_id,)
+                f"SELECT {cols} WHERE d.name=? AND a.local_norm=?", (domain, norm)
             ).fetchone()
         )
-        return self._account(row) if row else None
 
-    async def find_account(self, local: str, domain: str) -> Account | None:
-        row = await self._read(
-            lambda c: c.execute(
-                f"SELECT {self._ACCOUNT_COLS} WHERE d.name=? AND a.local_norm=?",
-                (domain, _norm_local(local)),
-            ).fetchone()
-        )
-        return self._account(row) if row else None
-
-    async def list_accounts(self, domain: str | None = None) -> list[Account]:
+    async def _list_by_domain(self, cols: str, domain: str | None) -> list[Any]:
         def fn(c: sqlite3.Connection) -> list[Any]:
             if domain is None:
-                return c.execute(
-                    f"SELECT {self._ACCOUNT_COLS} ORDER BY d.name, a.local_norm"
-                ).fetchall()
+                return c.execute(f"SELECT {cols} ORDER BY d.name, a.local_norm").fetchall()
             return c.execute(
-                f"SELECT {self._ACCOUNT_COLS} WHERE d.name=? ORDER BY a.local_norm", (domain,)
+                f"SELECT {cols} WHERE d.name=? ORDER BY a.local_norm", (domain,)
             ).fetchall()
 
-        return [self._account(r) for r in await self._read(fn)]
+        return await self._read(fn)
+
+    async def find_account(self, local: str, domain: str) -> Account | None:
+        row = await self._find_by_address(sem.ACCOUNT_COLS, sem.norm_local(local), domain)
+        return sem.account_of(row) if row else None
+
+    async def list_accounts(self, domain: str | None = None) -> list[Account]:
+        return [sem.account_of(r) for r in await self._list_by_domain(sem.ACCOUNT_COLS, domain)]
 
     async def add_alias(self, local: str | None, domain: str, targets: Sequence[str]) -> Alias:
         def fn(c: sqlite3.Connection) -> tuple[Alias, list[ChangeEvent]]:
-            row = c.execute("SELECT id FROM domains WHERE name=?", (domain,)).fetchone()
-            if row is None:
-                raise NotFound(f"no domain {domain}; add it first")
-            norm = "" if local is None else _norm_local(local)
+            dom = sem.need(self._domain_id(c, domain), sem.no_domain(domain, adding=True))
             try:
                 cur = c.execute(
                     "INSERT INTO aliases(domain_id, local, local_norm, targets) VALUES(?,?,?,?)",
-                    (row[0], local, norm, "\n".join(targets)),
+                    (dom, local, sem.alias_norm(local), "\n".join(targets)),
                 )
             except sqlite3.IntegrityError:
-                raise AccountExists(
-                    f"alias {local if local is not None else ''}@{domain} exists already"
-                ) from None
+                raise sem.alias_exists(local, domain) from None
             return Alias(int(cur.lastrowid or 0), local, domain, tuple(targets)), []
 
         return await self._write(fn)
 
     async def remove_alias(self, local: str | None, domain: str) -> None:
-        norm = "" if local is None else _norm_local(local)
+        norm = sem.alias_norm(local)
 
         def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
             cur = c.execute(
@@ -588,46 +586,19 @@ class SqliteStorage:
                 "(SELECT id FROM domains WHERE name=?)",
                 (norm, domain),
             )
-            if cur.rowcount == 0:
-                raise NotFound("no such alias")
+            sem.need_changed(cur.rowcount, "no such alias")
             return None, []
 
         await self._write(fn)
 
-    @staticmethod
-    def _alias(row: Any) -> Alias:
-        return Alias(row[0], row[1], row[2], tuple(t for t in row[3].split("\n") if t))
-
     async def find_alias(self, local: str | None, domain: str) -> Alias | None:
-        norm = "" if local is None else _norm_local(local)
-        row = await self._read(
-            lambda c: c.execute(
-                "SELECT a.id, a.local, d.name, a.targets FROM aliases a JOIN domains d "
-                "ON d.id=a.domain_id WHERE d.name=? AND a.local_norm=?",
-                (domain, norm),
-            ).fetchone()
-        )
-        return self._alias(row) if row else None
+        row = await self._find_by_address(sem.ALIAS_COLS, sem.alias_norm(local), domain)
+        return _alias(row) if row else None
 
     async def list_aliases(self, domain: str | None = None) -> list[Alias]:
-        def fn(c: sqlite3.Connection) -> list[Any]:
-            q = (
-                "SELECT a.id, a.local, d.name, a.targets FROM aliases a JOIN domains d "
-                "ON d.id=a.domain_id"
-            )
-            if domain is None:
-                return c.execute(q + " ORDER BY d.name, a.local_norm").fetchall()
-            return c.execute(q + " WHERE d.name=? ORDER BY a.local_norm", (domain,)).fetchall()
-
-        return [self._alias(r) for r in await self._read(fn)]
+        return [_alias(r) for r in await self._list_by_domain(sem.ALIAS_COLS, domain)]
 
     # -- mailboxes ---------------------------------------------------------------------
-    _MAILBOX_COLS = "id, account_id, name, role, uidvalidity, uidnext, highestmodseq, subscribed"
-
-    @staticmethod
-    def _mailbox(row: Any) -> Mailbox:
-        return Mailbox(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7]))
-
     def _next_uidvalidity(self, c: sqlite3.Connection) -> int:
         row = c.execute("SELECT value FROM meta WHERE key='uidvalidity'").fetchone()
         last = int(row[0]) if row else 0
@@ -649,7 +620,7 @@ class SqliteStorage:
                 (account_id, name, role, uidvalidity),
             )
         except sqlite3.IntegrityError:
-            raise MailboxExists(f"mailbox {name} exists already") from None
+            raise sem.mailbox_exists(name) from None
         return Mailbox(int(cur.lastrowid or 0), account_id, name, role, uidvalidity, 1, 1, True)
 
     def _drop_mailbox_tx(self, c: sqlite3.Connection, mailbox_id: int) -> None:
@@ -679,94 +650,78 @@ class SqliteStorage:
     async def list_mailboxes(self, account_id: int) -> list[Mailbox]:
         rows = await self._read(
             lambda c: c.execute(
-                f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE account_id=? "
+                f"SELECT {sem.MAILBOX_COLS} FROM mailboxes WHERE account_id=? "
                 "ORDER BY name != 'INBOX', name",
                 (account_id,),
             ).fetchall()
         )
-        return [self._mailbox(r) for r in rows]
+        return [sem.mailbox_of(r) for r in rows]
 
     async def get_mailbox(self, account_id: int, name: str) -> Mailbox | None:
         name = names.normalise(name)
         row = await self._read(
             lambda c: c.execute(
-                f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE account_id=? AND name=?",
+                f"SELECT {sem.MAILBOX_COLS} FROM mailboxes WHERE account_id=? AND name=?",
                 (account_id, name),
             ).fetchone()
         )
-        return self._mailbox(row) if row else None
+        return sem.mailbox_of(row) if row else None
 
     async def get_mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
         row = await self._read(
             lambda c: c.execute(
-                f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE id=?", (mailbox_id,)
+                f"SELECT {sem.MAILBOX_COLS} FROM mailboxes WHERE id=?", (mailbox_id,)
             ).fetchone()
         )
-        return self._mailbox(row) if row else None
+        return sem.mailbox_of(row) if row else None
 
     async def create_mailbox(self, account_id: int, name: str, role: str | None = None) -> Mailbox:
         name = names.validate(name)
 
         def fn(c: sqlite3.Connection) -> tuple[Mailbox, list[ChangeEvent]]:
             mb = self._create_mailbox_tx(c, account_id, name, role)
-            return mb, [ChangeEvent(account_id, mb.id, ChangeKind.MAILBOX, (), 0)]
+            return mb, sem.mailbox_changed(account_id, mb.id)
 
         return await self._write(fn)
 
     async def rename_mailbox(self, account_id: int, old: str, new: str) -> None:
-        old = names.normalise(old)
-        new = names.validate(new)
+        plan = sem.rename_plan(old, new)
 
         def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
-            row = c.execute(
-                "SELECT id, role FROM mailboxes WHERE account_id=? AND name=?", (account_id, old)
-            ).fetchone()
-            if row is None:
-                raise NotFound(f"no mailbox {old}")
-            exists = c.execute(
-                "SELECT 1 FROM mailboxes WHERE account_id=? AND name=?", (account_id, new)
-            ).fetchone()
-            if exists:
-                raise MailboxExists(f"mailbox {new} exists already")
-            if old == "INBOX":
-                # RFC 3501 §6.3.5: renaming INBOX moves its messages to the new mailbox and
-                # leaves INBOX empty (inferior names are not renamed).
-                dst = self._create_mailbox_tx(c, account_id, new, None)
+            found = "SELECT id FROM mailboxes WHERE account_id=? AND name=?"
+            mid: int = plan.check(
+                c.execute(found, (account_id, plan.old)).fetchone(),
+                c.execute(found, (account_id, plan.new)).fetchone(),
+            )[0]
+            if plan.moves_inbox:
+                dst = self._create_mailbox_tx(c, account_id, plan.new, None)
                 uids = [
                     u
                     for (u,) in c.execute(
-                        "SELECT uid FROM messages WHERE mailbox_id=? ORDER BY uid", (row[0],)
+                        "SELECT uid FROM messages WHERE mailbox_id=? ORDER BY uid", (mid,)
                     )
                 ]
-                evs = self._move_tx(c, account_id, row[0], uids, dst.id)[1]
-                return None, evs
-            prefix = old + names.DELIMITER
-            c.execute("UPDATE mailboxes SET name=? WHERE id=?", (new, row[0]))
-            for mid, name in c.execute(
+                return None, self._move_tx(c, mid, uids, dst.id)[1]
+            c.execute("UPDATE mailboxes SET name=? WHERE id=?", (plan.new, mid))
+            for inferior, name in c.execute(
                 "SELECT id, name FROM mailboxes WHERE account_id=? AND substr(name,1,?)=?",
-                (account_id, len(prefix), prefix),
+                (account_id, len(plan.prefix), plan.prefix),
             ).fetchall():
-                c.execute(
-                    "UPDATE mailboxes SET name=? WHERE id=?",
-                    (new + names.DELIMITER + name[len(prefix) :], mid),
-                )
-            return None, [ChangeEvent(account_id, row[0], ChangeKind.MAILBOX, (), 0)]
+                c.execute("UPDATE mailboxes SET name=? WHERE id=?", (plan.inferior(name), inferior))
+            return None, sem.mailbox_changed(account_id, mid)
 
         await self._write(fn)
 
     async def delete_mailbox(self, account_id: int, name: str) -> None:
-        name = names.normalise(name)
-        if name == "INBOX":
-            raise StorageError("INBOX cannot be deleted")
+        name = sem.delete_name(name)
 
         def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
             row = c.execute(
                 "SELECT id FROM mailboxes WHERE account_id=? AND name=?", (account_id, name)
             ).fetchone()
-            if row is None:
-                raise NotFound(f"no mailbox {name}")
-            self._drop_mailbox_tx(c, row[0])
-            return None, [ChangeEvent(account_id, row[0], ChangeKind.MAILBOX, (), 0)]
+            mid: int = sem.need(row, sem.no_mailbox(name))[0]
+            self._drop_mailbox_tx(c, mid)
+            return None, sem.mailbox_changed(account_id, mid)
 
         await self._write(fn)
 
@@ -778,8 +733,7 @@ class SqliteStorage:
                 "UPDATE mailboxes SET subscribed=? WHERE account_id=? AND name=?",
                 (int(subscribed), account_id, name),
             )
-            if cur.rowcount == 0:
-                raise NotFound(f"no mailbox {name}")
+            sem.need_changed(cur.rowcount, sem.no_mailbox(name))
             return None, []
 
         await self._write(fn)
@@ -787,10 +741,9 @@ class SqliteStorage:
     async def mailbox_status(self, mailbox_id: int) -> MailboxStatus:
         def fn(c: sqlite3.Connection) -> MailboxStatus:
             row = c.execute(
-                f"SELECT {self._MAILBOX_COLS} FROM mailboxes WHERE id=?", (mailbox_id,)
+                f"SELECT {sem.MAILBOX_COLS} FROM mailboxes WHERE id=?", (mailbox_id,)
             ).fetchone()
-            if row is None:
-                raise NotFound("no such mailbox")
+            sem.need(row, sem.NO_MAILBOX)
             agg = c.execute(
                 "SELECT count(*), coalesce(sum(size),0), "
                 "coalesce(sum(instr(flags, '\\Seen') = 0), 0), "
@@ -798,7 +751,7 @@ class SqliteStorage:
                 "FROM messages WHERE mailbox_id=?",
                 (mailbox_id,),
             ).fetchone()
-            return MailboxStatus(self._mailbox(row), agg[0], agg[2], agg[1], agg[3])
+            return sem.status_of(row, agg)
 
         return await self._read(fn, offload=True)
 
@@ -841,27 +794,20 @@ class SqliteStorage:
             "WHERE id=? RETURNING uidnext, highestmodseq",
             (uids, mailbox_id),
         ).fetchone()
-        if row is None:
-            raise NotFound("no such mailbox")
-        return int(row[0]) - uids, int(row[1])
+        return sem.allocated(row, uids)
 
     def _charge(self, c: sqlite3.Connection, account_id: int, size: int) -> None:
         row = c.execute(
             "UPDATE accounts SET used=used+? WHERE id=? RETURNING used, quota", (size, account_id)
         ).fetchone()
-        if row is None:
-            raise NotFound("no such account")
-        if size > 0 and row[1] and row[0] > row[1]:
-            raise QuotaExceeded(f"account {account_id} is over its quota")
+        sem.charged(row, account_id, size)
 
     def _resolve_target(self, c: sqlite3.Connection, t: AppendTarget) -> int:
         if t.mailbox_id is not None:
             row = c.execute(
                 "SELECT id FROM mailboxes WHERE id=? AND account_id=?", (t.mailbox_id, t.account_id)
             ).fetchone()
-            if row is None:
-                raise NotFound("no such mailbox")
-            return int(row[0])
+            return int(sem.need(row, sem.NO_MAILBOX)[0])
         name = names.normalise(t.mailbox)
         row = c.execute(
             "SELECT id FROM mailboxes WHERE account_id=? AND name=?", (t.account_id, name)
@@ -881,7 +827,7 @@ class SqliteStorage:
                 (t.mailbox_id, t.account_id),
             ).fetchone()
             if row is None:
-                raise NotFound("no such mailbox")
+                raise NotFound(sem.NO_MAILBOX)
         else:
             row = c.execute(
                 bump + "account_id=? AND name=? RETURNING id, uidnext, highestmodseq",
@@ -895,10 +841,6 @@ class SqliteStorage:
     async def append(
         self, blob: BlobSource, targets: Sequence[AppendTarget]
     ) -> list[tuple[int, int]]:
-        """Store ``blob`` once and create one entry per target, all in one transaction.
-
-        Returns ``(mailbox_id, uid)`` per target, in order.
-        """
         return await self.deliver(blob, targets)
 
     async def deliver(
@@ -908,15 +850,8 @@ class SqliteStorage:
         outgoing: OutgoingMessage | None = None,
         queue_id: str | None = None,
     ) -> list[tuple[int, int]]:
-        """One transaction: the blob, a mailbox entry per local target and, when ``outgoing``
-        is given, a queued message (``queue_id``) with one entry per destination domain.
-
-        This is the commit behind SMTP's final ``250`` (DESIGN.md §5).
-        """
-        if not targets and (outgoing is None or not outgoing.recipients):
+        if not sem.wants_delivery(targets, outgoing, queue_id):
             return []
-        if outgoing is not None and not queue_id:
-            raise ValueError("a queued message needs a queue id")
         now = time.time()
         return await self._write(
             lambda c: self._deliver_tx(c, blob, targets, outgoing, queue_id, now)
@@ -932,8 +867,7 @@ class SqliteStorage:
         now: float,
     ) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
         """The body of :meth:`deliver` (also a notification stored with a queue change)."""
-        refs = len(targets) + (1 if outgoing is not None else 0)
-        blob_id = self._store_blob_tx(c, blob, refs)
+        blob_id = self._store_blob_tx(c, blob, sem.blob_refs(targets, outgoing))
         out: list[tuple[int, int]] = []
         events: list[ChangeEvent] = []
         for t in targets:
@@ -969,41 +903,13 @@ class SqliteStorage:
             "VALUES(?,?,?,?,?,?,?)",
             (queue_id, blob_id, msg.sender, msg.envid, msg.ret, msg.account_id, now),
         )
-        by_domain: dict[str, list[QueueRecipient]] = {}
-        for r in msg.recipients:
-            by_domain.setdefault(r.address.rpartition("@")[2].lower(), []).append(r)
         c.executemany(
             "INSERT INTO queue_entries(queue_id, domain, recipients, due, created) "
             "VALUES(?,?,?,?,?)",
-            [(queue_id, d, _rcpts_to_json(rs), now, now) for d, rs in by_domain.items()],
-        )
-
-    _ENTRY_COLS = (
-        "e.id, e.queue_id, e.domain, e.recipients, e.due, e.attempts, e.last_error, e.owner, "
-        "e.lease_until, e.created, e.warned, q.sender, q.envid, q.ret, b.hash, b.size "
-        "FROM queue_entries e JOIN queue_messages q ON q.id = e.queue_id "
-        "JOIN blobs b ON b.id = q.blob_id"
-    )
-
-    @staticmethod
-    def _entry(r: Any) -> QueueEntry:
-        return QueueEntry(
-            r[0],
-            r[1],
-            r[2],
-            _json_to_rcpts(r[3]),
-            r[4],
-            r[5],
-            r[6],
-            r[7],
-            r[8],
-            r[9],
-            bool(r[10]),
-            r[11],
-            r[12],
-            r[13],
-            r[14],
-            r[15],
+            [
+                (queue_id, d, rcpts, now, now)
+                for d, rcpts in sem.rcpts_by_domain(msg.recipients).items()
+            ],
         )
 
     async def queue_claim(
@@ -1016,7 +922,7 @@ class SqliteStorage:
         def fn(c: sqlite3.Connection) -> tuple[list[QueueEntry], list[ChangeEvent]]:
             t = time.time()
             rows = c.execute(
-                f"SELECT {self._ENTRY_COLS} WHERE e.due <= ? AND "
+                f"SELECT {sem.ENTRY_COLS} WHERE e.due <= ? AND "
                 "(e.lease_until IS NULL OR e.lease_until < ?) ORDER BY e.due LIMIT ?",
                 (t if now is None else now, t, limit),
             ).fetchall()
@@ -1026,7 +932,7 @@ class SqliteStorage:
                 "UPDATE queue_entries SET owner=?, lease_until=? WHERE id=?",
                 [(owner, t + lease, r[0]) for r in rows],
             )
-            return [self._entry((*r[:7], owner, t + lease, *r[9:])) for r in rows], []
+            return [sem.entry_of((*r[:7], owner, t + lease, *r[9:])) for r in rows], []
 
         return await self._write(fn)
 
@@ -1059,14 +965,6 @@ class SqliteStorage:
         relative_to: float | None = None,
         notification: Notification | None = None,
     ) -> bool:
-        """Finish an attempt: keep ``remaining`` recipients for another try at ``due`` (none
-        left: the entry is done and, with the message's last entry, the message too), and
-        store ``notification``, all in one transaction (see :class:`Storage`).
-
-        Returns False when our lease was lost (another node took the entry): nothing changes.
-        A lease that expired but that nobody took is still ours (nobody else can be
-        delivering the entry: taking it over changes the owner).
-        """
         rest = tuple(remaining)
         if notification is not None:
             notification.check()
@@ -1083,7 +981,7 @@ class SqliteStorage:
                 c.execute(
                     "UPDATE queue_entries SET recipients=?, due=?, attempts=attempts+1, "
                     "last_error=?, owner=NULL, lease_until=NULL, warned=? WHERE id=?",
-                    (_rcpts_to_json(rest), at, last_error, int(warned), entry_id),
+                    (sem.rcpts_to_json(rest), at, last_error, int(warned), entry_id),
                 )
             else:
                 c.execute("DELETE FROM queue_entries WHERE id=?", (entry_id,))
@@ -1096,9 +994,9 @@ class SqliteStorage:
         self, c: sqlite3.Connection, n: Notification | None, now: float
     ) -> list[ChangeEvent]:
         """Store a notification inside a queue transaction; returns its change events."""
-        if n is None or n.empty:
+        n = sem.notification_to_store(n)
+        if n is None:
             return []
-        n.check()
         return self._deliver_tx(c, n.blob, n.targets, n.outgoing, n.queue_id, now)[1]
 
     def _drop_queue_message_if_done(self, c: sqlite3.Connection, queue_id: str) -> None:
@@ -1115,35 +1013,29 @@ class SqliteStorage:
     async def queue_entries(self, queue_id: str | None = None) -> list[QueueEntry]:
         def fn(c: sqlite3.Connection) -> list[Any]:
             if queue_id is None:
-                return c.execute(f"SELECT {self._ENTRY_COLS} ORDER BY e.created, e.id").fetchall()
+                return c.execute(f"SELECT {sem.ENTRY_COLS} ORDER BY e.created, e.id").fetchall()
             return c.execute(
-                f"SELECT {self._ENTRY_COLS} WHERE e.queue_id=? ORDER BY e.id", (queue_id,)
+                f"SELECT {sem.ENTRY_COLS} WHERE e.queue_id=? ORDER BY e.id", (queue_id,)
             ).fetchall()
 
-        return [self._entry(r) for r in await self._read(fn, offload=True)]
+        return [sem.entry_of(r) for r in await self._read(fn, offload=True)]
 
     async def queue_remove(
         self,
         queue_id: str,
         report: Callable[[list[QueueEntry]], Notification | None] | None = None,
     ) -> list[QueueEntry]:
-        """Delete a queued message (all its entries) and store the notification ``report``
-        makes of them, in one transaction; returns what was removed."""
-
         def fn(c: sqlite3.Connection) -> tuple[list[QueueEntry], list[ChangeEvent]]:
-            rows = c.execute(
-                f"SELECT {self._ENTRY_COLS} WHERE e.queue_id=?", (queue_id,)
-            ).fetchall()
+            rows = c.execute(f"SELECT {sem.ENTRY_COLS} WHERE e.queue_id=?", (queue_id,)).fetchall()
             if (
                 not rows
                 and c.execute("SELECT 1 FROM queue_messages WHERE id=?", (queue_id,)).fetchone()
                 is None
             ):
-                raise NotFound(f"no queued message {queue_id}")
+                raise sem.no_queued_message(queue_id)
             c.execute("DELETE FROM queue_entries WHERE queue_id=?", (queue_id,))
             self._drop_queue_message_if_done(c, queue_id)
-            removed = [self._entry(r) for r in rows]
-            note = report(removed) if report is not None else None
+            removed, note = sem.removal(rows, report)
             return removed, self._notify_tx(c, note, time.time())
 
         return await self._write(fn)
@@ -1180,26 +1072,14 @@ class SqliteStorage:
     async def fetch_messages(
         self, mailbox_id: int, uids: Iterable[int] | None = None
     ) -> list[MessageRecord]:
-        base = (
-            "SELECT m.uid, m.modseq, m.flags, m.internaldate, m.size, b.hash, b.structure "
-            "FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id=?"
-        )
         uid_list = None if uids is None else sorted(set(uids))
 
         def fn(c: sqlite3.Connection) -> list[Any]:
             if uid_list is None:
-                return c.execute(base + " ORDER BY m.uid", (mailbox_id,)).fetchall()
+                return c.execute(_MESSAGES + " ORDER BY m.uid", (mailbox_id,)).fetchall()
             if not uid_list:
                 return []
-            lo, hi = uid_list[0], uid_list[-1]
-            if hi - lo + 1 == len(uid_list):  # a contiguous range: one range scan
-                return c.execute(
-                    base + " AND m.uid BETWEEN ? AND ? ORDER BY m.uid", (mailbox_id, lo, hi)
-                ).fetchall()
-            return c.execute(
-                base + " AND m.uid IN (SELECT value FROM json_each(?)) ORDER BY m.uid",
-                (mailbox_id, json.dumps(uid_list)),
-            ).fetchall()
+            return _select_uids(c, _MESSAGES, mailbox_id, uid_list)
 
         rows = await self._read(fn, offload=uid_list is None or len(uid_list) > 64)
         return [
@@ -1213,25 +1093,11 @@ class SqliteStorage:
         uid_list = sorted(set(uids))
         if not uid_list:
             return []
-        base = (
-            "SELECT m.uid, m.modseq, m.internaldate, m.size, b.hash "
-            "FROM messages m JOIN blobs b ON b.id = m.blob_id WHERE m.mailbox_id=?"
-        )
-        lo, hi = uid_list[0], uid_list[-1]
-
-        def fn(c: sqlite3.Connection) -> list[Any]:
-            if hi - lo + 1 == len(uid_list):  # a contiguous range: one range scan
-                return c.execute(
-                    base + " AND m.uid BETWEEN ? AND ? ORDER BY m.uid", (mailbox_id, lo, hi)
-                ).fetchall()
-            return c.execute(
-                base + " AND m.uid IN (SELECT value FROM json_each(?)) ORDER BY m.uid",
-                (mailbox_id, json.dumps(uid_list)),
-            ).fetchall()
-
         # ~1 µs per row and no structure: a few thousand rows are cheaper inline than a hop
         # to a reader thread.
-        return await self._read(fn, offload=len(uid_list) > 4096)
+        return await self._read(
+            lambda c: _select_uids(c, _META, mailbox_id, uid_list), offload=len(uid_list) > 4096
+        )
 
     async def read_blob(self, blob_id: str, start: int = 0, end: int | None = None) -> bytes:
         row = await self._read(
@@ -1263,27 +1129,13 @@ class SqliteStorage:
         uid_list = sorted(set(uids))
 
         def fn(c: sqlite3.Connection) -> tuple[list[StoreResult], list[ChangeEvent]]:
-            mb = c.execute("SELECT account_id FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
-            if mb is None:
-                raise NotFound("no such mailbox")
+            owner = self._owner(c, mailbox_id)
             rows = c.execute(
                 "SELECT uid, modseq, flags FROM messages WHERE mailbox_id=? AND uid IN "
                 "(SELECT value FROM json_each(?)) ORDER BY uid",
                 (mailbox_id, json.dumps(uid_list)),
             ).fetchall()
-            changes: list[tuple[int, frozenset[str]]] = []
-            for uid, modseq, text in rows:
-                if unchanged_since is not None and modseq > unchanged_since:
-                    continue
-                cur = _text_to_flags(text)
-                if mode is FlagMode.ADD:
-                    new = cur | flagset
-                elif mode is FlagMode.REMOVE:
-                    new = cur - flagset
-                else:
-                    new = flagset
-                if new != cur:
-                    changes.append((uid, new))
+            changes = sem.flag_changes(rows, _text_to_flags, mode, flagset, unchanged_since)
             if not changes:
                 return [], []
             _, modseq = self._bump_mailbox(c, mailbox_id, 0)
@@ -1291,66 +1143,50 @@ class SqliteStorage:
                 "UPDATE messages SET flags=?, modseq=? WHERE mailbox_id=? AND uid=?",
                 [(_flags_to_text(f), modseq, mailbox_id, u) for u, f in changes],
             )
-            results = [StoreResult(u, modseq, f) for u, f in changes]
-            ev = ChangeEvent(
-                mb[0], mailbox_id, ChangeKind.FLAGS, tuple(u for u, _ in changes), modseq
-            )
-            return results, [ev]
+            return sem.flags_stored(owner, mailbox_id, changes, modseq)
 
         return await self._write(fn)
 
+    @staticmethod
+    def _owner(c: sqlite3.Connection, mailbox_id: int) -> int:
+        """The account a mailbox belongs to."""
+        row = c.execute("SELECT account_id FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
+        return int(sem.need(row, sem.NO_MAILBOX)[0])
+
     def _copy_tx(
         self, c: sqlite3.Connection, src: int, uids: Sequence[int], dst: int
-    ) -> tuple[list[tuple[int, int]], list[ChangeEvent], int, list[tuple[int, int]]]:
-        owner = c.execute("SELECT account_id FROM mailboxes WHERE id=?", (dst,)).fetchone()
-        if owner is None:
-            raise NotFound("no such mailbox")
+    ) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
+        owner = self._owner(c, dst)
         rows = c.execute(
             "SELECT uid, flags, internaldate, size, blob_id FROM messages WHERE mailbox_id=? "
             "AND uid IN (SELECT value FROM json_each(?)) ORDER BY uid",
             (src, json.dumps(sorted(set(uids)))),
         ).fetchall()
         if not rows:
-            return [], [], owner[0], []
+            return [], []
         first, modseq = self._bump_mailbox(c, dst, len(rows))
-        total = sum(r[3] for r in rows)
-        mapping: list[tuple[int, int]] = []
-        inserts = []
-        for i, (uid, flags, idate, size, blob_id) in enumerate(rows):
-            new_uid = first + i
-            mapping.append((uid, new_uid))
-            inserts.append((dst, new_uid, modseq, flags, idate, size, blob_id))
+        mapping, evs = sem.copied(owner, dst, [r[0] for r in rows], first, modseq)
         c.executemany(
             "INSERT INTO messages(mailbox_id, uid, modseq, flags, internaldate, size, blob_id) "
             "VALUES(?,?,?,?,?,?,?)",
-            inserts,
+            [(dst, new, modseq, *r[1:]) for (_, new), r in zip(mapping, rows, strict=True)],
         )
-        blob_counts: dict[int, int] = {}
-        for r in rows:
-            blob_counts[r[4]] = blob_counts.get(r[4], 0) + 1
         c.executemany(
             "UPDATE blobs SET refcount=refcount+? WHERE id=?",
-            [(n, b) for b, n in blob_counts.items()],
+            [(n, b) for b, n in sem.blob_counts(r[4] for r in rows).items()],
         )
-        self._charge(c, owner[0], total)
-        ev = ChangeEvent(owner[0], dst, ChangeKind.APPEND, tuple(m[1] for m in mapping), modseq)
-        return mapping, [ev], owner[0], [(r[4], r[3]) for r in rows]
+        self._charge(c, owner, sum(r[3] for r in rows))
+        return mapping, evs
 
     async def copy_messages(
         self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
     ) -> list[tuple[int, int]]:
-        def fn(c: sqlite3.Connection) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
-            mapping, evs, _, _ = self._copy_tx(c, src_mailbox_id, uids, dst_mailbox_id)
-            return mapping, evs
-
-        return await self._write(fn)
+        return await self._write(lambda c: self._copy_tx(c, src_mailbox_id, uids, dst_mailbox_id))
 
     def _expunge_tx(
         self, c: sqlite3.Connection, mailbox_id: int, uids: Sequence[int] | None, only_deleted: bool
     ) -> tuple[list[int], list[ChangeEvent]]:
-        mb = c.execute("SELECT account_id FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
-        if mb is None:
-            raise NotFound("no such mailbox")
+        owner = self._owner(c, mailbox_id)
         q = "SELECT uid, size, blob_id FROM messages WHERE mailbox_id=?"
         args: list[Any] = [mailbox_id]
         if only_deleted:
@@ -1373,13 +1209,13 @@ class SqliteStorage:
         for _, _, blob_id in rows:
             self._unref_blob(c, blob_id, 1)
         total = sum(r[1] for r in rows)
-        c.execute("UPDATE accounts SET used=max(0, used-?) WHERE id=?", (total, mb[0]))
-        return gone, [ChangeEvent(mb[0], mailbox_id, ChangeKind.EXPUNGE, tuple(gone), modseq)]
+        c.execute("UPDATE accounts SET used=max(0, used-?) WHERE id=?", (total, owner))
+        return sem.expunged(owner, mailbox_id, gone, modseq)
 
     def _move_tx(
-        self, c: sqlite3.Connection, account_id: int, src: int, uids: Sequence[int], dst: int
+        self, c: sqlite3.Connection, src: int, uids: Sequence[int], dst: int
     ) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
-        mapping, evs, _, _ = self._copy_tx(c, src, uids, dst)
+        mapping, evs = self._copy_tx(c, src, uids, dst)
         if not mapping:
             return [], []
         _, evs2 = self._expunge_tx(c, src, [m[0] for m in mapping], only_deleted=False)
@@ -1388,80 +1224,52 @@ class SqliteStorage:
     async def move_messages(
         self, src_mailbox_id: int, uids: Sequence[int], dst_mailbox_id: int
     ) -> list[tuple[int, int]]:
-        def fn(c: sqlite3.Connection) -> tuple[list[tuple[int, int]], list[ChangeEvent]]:
-            return self._move_tx(c, 0, src_mailbox_id, uids, dst_mailbox_id)
-
-        return await self._write(fn)
+        return await self._write(lambda c: self._move_tx(c, src_mailbox_id, uids, dst_mailbox_id))
 
     async def expunge(self, mailbox_id: int, uids: Sequence[int] | None = None) -> list[int]:
-        """Remove messages flagged ``\\Deleted`` (only those among ``uids`` when given)."""
-
-        def fn(c: sqlite3.Connection) -> tuple[list[int], list[ChangeEvent]]:
-            return self._expunge_tx(c, mailbox_id, uids, only_deleted=True)
-
-        return await self._write(fn)
+        return await self._write(lambda c: self._expunge_tx(c, mailbox_id, uids, True))
 
     async def delete_messages(self, mailbox_id: int, uids: Sequence[int]) -> list[int]:
-        """Remove the given messages whatever their flags (POP3 DELE+QUIT, web delete)."""
+        return await self._write(lambda c: self._expunge_tx(c, mailbox_id, uids, False))
 
-        def fn(c: sqlite3.Connection) -> tuple[list[int], list[ChangeEvent]]:
-            return self._expunge_tx(c, mailbox_id, uids, only_deleted=False)
-
-        return await self._write(fn)
+    @staticmethod
+    def _changes(
+        c: sqlite3.Connection, mailbox_id: int, modseq: int, limit: int | None
+    ) -> Changes | None:
+        """:meth:`changes_since`, or None when more than ``limit`` messages changed or more
+        than ``limit`` were expunged."""
+        row = c.execute("SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)).fetchone()
+        highest = int(sem.need(row, sem.NO_MAILBOX)[0])
+        if highest <= modseq:  # nothing at all changed
+            return Changes(highest, [], [])
+        n = -1 if limit is None else limit + 1  # (-1: no limit) one more tells it was passed
+        changed = c.execute(
+            "SELECT uid, modseq, flags FROM messages WHERE mailbox_id=? AND modseq>? "
+            "ORDER BY uid LIMIT ?",
+            (mailbox_id, modseq, n),
+        ).fetchall()
+        expunged = c.execute(
+            "SELECT uid FROM tombstones WHERE mailbox_id=? AND modseq>? ORDER BY uid LIMIT ?",
+            (mailbox_id, modseq, n),
+        ).fetchall()
+        if limit is not None and not sem.within(limit, changed, expunged):
+            return None
+        return Changes(
+            highest, [(r[0], r[1], _text_to_flags(r[2])) for r in changed], [r[0] for r in expunged]
+        )
 
     async def changes_since(self, mailbox_id: int, modseq: int) -> Changes:
-        def fn(c: sqlite3.Connection) -> Changes:
-            row = c.execute(
-                "SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFound("no such mailbox")
-            changed = c.execute(
-                "SELECT uid, modseq, flags FROM messages WHERE mailbox_id=? AND modseq>? "
-                "ORDER BY uid",
-                (mailbox_id, modseq),
-            ).fetchall()
-            expunged = c.execute(
-                "SELECT uid FROM tombstones WHERE mailbox_id=? AND modseq>? ORDER BY uid",
-                (mailbox_id, modseq),
-            ).fetchall()
-            return Changes(
-                int(row[0]),
-                [(r[0], r[1], _text_to_flags(r[2])) for r in changed],
-                [r[0] for r in expunged],
-            )
-
-        return await self._read(fn, offload=True)
+        changes = await self._read(
+            lambda c: self._changes(c, mailbox_id, modseq, None), offload=True
+        )
+        assert changes is not None  # no limit
+        return changes
 
     async def changes_since_bounded(
         self, mailbox_id: int, modseq: int, limit: int
     ) -> Changes | None:
-        def fn(c: sqlite3.Connection) -> Changes | None:
-            row = c.execute(
-                "SELECT highestmodseq FROM mailboxes WHERE id=?", (mailbox_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFound("no such mailbox")
-            if int(row[0]) <= modseq:  # nothing at all changed
-                return Changes(int(row[0]), [], [])
-            changed = c.execute(
-                "SELECT uid, modseq, flags FROM messages WHERE mailbox_id=? AND modseq>? "
-                "ORDER BY uid LIMIT ?",
-                (mailbox_id, modseq, limit + 1),
-            ).fetchall()
-            expunged = c.execute(
-                "SELECT uid FROM tombstones WHERE mailbox_id=? AND modseq>? ORDER BY uid LIMIT ?",
-                (mailbox_id, modseq, limit + 1),
-            ).fetchall()
-            if len(changed) > limit or len(expunged) > limit:
-                return None
-            return Changes(
-                int(row[0]),
-                [(r[0], r[1], _text_to_flags(r[2])) for r in changed],
-                [r[0] for r in expunged],
-            )
-
-        return await self._read(fn)  # bounded by limit: inline
+        # bounded by limit: inline
+        return await self._read(lambda c: self._changes(c, mailbox_id, modseq, limit))
 
     async def quota_usage(self, account_id: int) -> tuple[int, int]:
         row = await self._read(
@@ -1469,9 +1277,7 @@ class SqliteStorage:
                 "SELECT used, quota FROM accounts WHERE id=?", (account_id,)
             ).fetchone()
         )
-        if row is None:
-            raise NotFound("no such account")
-        return int(row[0]), int(row[1])
+        return sem.usage_of(row)
 
     async def maildrop_lock(
         self, account_id: int
@@ -1498,19 +1304,7 @@ class SqliteStorage:
         """Verify refcounts and quota bookkeeping; returns a list of problems (empty = fine)."""
 
         def fn(c: sqlite3.Connection) -> list[str]:
-            problems = []
-            for bid, refcount, actual in c.execute(
-                "SELECT b.id, b.refcount, (SELECT count(*) FROM messages m WHERE m.blob_id=b.id) "
-                "+ (SELECT count(*) FROM queue_messages q WHERE q.blob_id=b.id) FROM blobs b"
-            ):
-                if refcount != actual:
-                    problems.append(f"blob {bid}: refcount {refcount} but {actual} references")
-            for aid, used, actual in c.execute(
-                "SELECT a.id, a.used, (SELECT coalesce(sum(m.size),0) FROM messages m JOIN "
-                "mailboxes x ON x.id=m.mailbox_id WHERE x.account_id=a.id) FROM accounts a"
-            ):
-                if used != actual:
-                    problems.append(f"account {aid}: used {used} but messages sum to {actual}")
-            return problems
+            problems = sem.refcount_problems(c.execute(sem.INTEGRITY_REFCOUNTS))
+            return problems + sem.usage_problems(c.execute(sem.INTEGRITY_USAGE))
 
         return await self._read(fn, offload=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +32,11 @@ from letterbird.storage.interface import (
 )
 from letterbird.storage.postgres import PgStorage
 from letterbird.storage.sqlite import SqliteStorage
+
+
+def _says(text: str) -> str:
+    """A ``pytest.raises`` pattern for exactly ``text``."""
+    return f"^{re.escape(text)}$"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -256,6 +262,90 @@ async def test_rename_inbox_moves_messages(store: SqliteStorage) -> None:
     assert inbox is not None and old is not None
     assert await store.list_messages(inbox.id) == []
     assert len(await store.list_messages(old.id)) == 1
+
+
+async def test_refusals_are_worded_alike(store: SqliteStorage) -> None:
+    """Every backend refuses the same things with the same error and the same words (the
+    wording lives once, in ``storage.semantics``; the CLI and web show it)."""
+    bob = await _account(store)
+    inbox = await store.get_mailbox(bob.id, "INBOX")
+    assert inbox is not None
+    gone = inbox.id + 10_000  # no such mailbox
+    with pytest.raises(AccountExists, match=_says("domain example.test exists already")):
+        await store.add_domain("example.test")
+    with pytest.raises(NotFound, match=_says("no domain nowhere.test")):
+        await store.remove_domain("nowhere.test")
+    still = "domain example.test still has 1 account(s); remove them first"
+    with pytest.raises(StorageError, match=_says(still)):
+        await store.remove_domain("example.test")
+    with pytest.raises(NotFound, match=_says("no domain nowhere.test; add it first")):
+        await store.add_alias("x", "nowhere.test", ["bob@example.test"])
+    with pytest.raises(AccountExists, match=_says("account BOB@example.test exists already")):
+        await store.add_account("BOB", "example.test", "h")
+    await store.add_alias(None, "example.test", ["bob@example.test"])
+    with pytest.raises(AccountExists, match=_says("alias @example.test exists already")):
+        await store.add_alias(None, "example.test", ["bob@example.test"])
+    with pytest.raises(NotFound, match=_says("no such alias")):
+        await store.remove_alias("nobody", "example.test")
+    for change in (
+        store.set_password(bob.id + 1000, "h"),
+        store.set_quota(bob.id + 1000, 1),
+        store.remove_account(bob.id + 1000),
+        store.quota_usage(bob.id + 1000),
+    ):
+        with pytest.raises(NotFound, match=_says("no such account")):
+            await change
+    with pytest.raises(MailboxExists, match=_says("mailbox Sent exists already")):
+        await store.create_mailbox(bob.id, "Sent")
+    with pytest.raises(MailboxExists, match=_says("mailbox Trash exists already")):
+        await store.rename_mailbox(bob.id, "Sent", "Trash")
+    with pytest.raises(NotFound, match=_says("no mailbox Nope")):
+        await store.rename_mailbox(bob.id, "Nope", "Other")
+    with pytest.raises(NotFound, match=_says("no mailbox Nope")):
+        await store.delete_mailbox(bob.id, "Nope")
+    with pytest.raises(NotFound, match=_says("no mailbox Nope")):
+        await store.set_subscribed(bob.id, "Nope", False)
+    with pytest.raises(StorageError, match=_says("INBOX cannot be deleted")):
+        await store.delete_mailbox(bob.id, "inbox")
+    for read in (
+        store.mailbox_status(gone),
+        store.changes_since(gone, 0),
+        store.changes_since_bounded(gone, 0, 10),
+        store.store_flags(gone, [1], FlagMode.ADD, ["x"]),
+        store.copy_messages(inbox.id, [1], gone),
+        store.expunge(gone),
+        store.append(blob_of(sample_message()), [AppendTarget(bob.id, mailbox_id=gone)]),
+    ):
+        with pytest.raises(NotFound, match=_says("no such mailbox")):
+            await read
+    with pytest.raises(NotFound, match=_says("no queued message Q1")):
+        await store.queue_remove("Q1")
+    remote = OutgoingMessage("bob@example.test", (QueueRecipient("x@remote.test"),))
+    with pytest.raises(ValueError, match=_says("a queued message needs a queue id")):
+        await store.deliver(blob_of(sample_message()), [], remote)
+    assert await store.deliver(blob_of(sample_message()), []) == []  # nothing to store
+    assert await _blob_count(store) == 0
+
+
+async def test_changes_since_bounded(store: SqliteStorage) -> None:
+    bob = await _account(store)
+    inbox = await store.get_mailbox(bob.id, "INBOX")
+    assert inbox is not None
+    start = inbox.highestmodseq
+    nothing = await store.changes_since_bounded(inbox.id, start, 2)
+    assert nothing is not None and (nothing.changed, nothing.expunged) == ([], [])
+    assert nothing.highestmodseq == start
+    for i in range(3):
+        await store.append(blob_of(sample_message(i)), [AppendTarget(bob.id)])
+    await store.delete_messages(inbox.id, [3])
+    full = await store.changes_since(inbox.id, start)
+    assert [u for u, _, _ in full.changed] == [1, 2] and full.expunged == [3]
+    assert await store.changes_since_bounded(inbox.id, start, 2) == full
+    assert await store.changes_since_bounded(inbox.id, start, 1) is None  # two changed
+    await store.delete_messages(inbox.id, [1, 2])
+    assert await store.changes_since_bounded(inbox.id, full.highestmodseq, 1) is None
+    later = await store.changes_since_bounded(inbox.id, full.highestmodseq, 2)
+    assert later is not None and later.changed == [] and later.expunged == [1, 2]
 
 
 async def test_quota(store: SqliteStorage) -> None:
