@@ -155,6 +155,7 @@ _TABLES = (
     "domains",
     "meta",
     "auth_failures",
+    "session_revocations",
     "schema_version",
 )
 _IDENTITY = ("domains", "accounts", "aliases", "mailboxes", "blobs", "queue_entries")

@@ -59,6 +59,9 @@ class HttpService:
         return self.asgi
 
     async def listen(self, key: str, host: str, port: int) -> list[tuple[str, int]]:
+        # the session secret shared by every node: made or read now, so a damaged one stops
+        # the start rather than the first login
+        await self.asgi_app().state.web.sessions.start()
         sock = _bind(host, port)
         ssl_factory: Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]
         ssl_factory = lambda _cfg, _default: self.app.tls.context  # noqa: E731

@@ -178,7 +178,7 @@ def routes(web: Web) -> list[Route]:
                 status=401,
                 username=username,
             )
-        value, _ = web.sessions.issue(result.account.id, result.account.password_hash)
+        value, _ = await web.sessions.issue(result.account.id, result.account.password_hash)
         event(_LOG, "web.login", client=client, user=result.account.address)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
@@ -194,7 +194,7 @@ def routes(web: Web) -> list[Route]:
         return response
 
     async def logout(request: Request, user: User) -> Response:
-        web.sessions.revoke(user.session)
+        await web.sessions.revoke(user.session)  # committed, on every node, before we answer
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(
             web.cookie_name(request),
@@ -463,7 +463,7 @@ def routes(web: Web) -> list[Route]:
     async def inline_image(request: Request) -> Response:
         p = request.path_params
         mbid, uid, section = int(p["mbid"]), int(p["uid"]), str(p["section"])
-        if not web.sessions.check_link(
+        if not await web.sessions.check_link(
             f"/cid/{mbid}/{uid}/{section}", str(p["expires"]), str(p["sig"])
         ):
             raise HTTPException(404, "No such image")

@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from letterbird.http.listing import FolderIndex, StatusCache
-from letterbird.http.sessions import Session, Sessions, load_secret
+from letterbird.http.sessions import Session, Sessions
 from letterbird.http.settings import WebSettings
 from letterbird.server.app import App
 from letterbird.storage.interface import Account, Mailbox, NotFound, StorageError
@@ -115,7 +115,9 @@ class Web:
     def __post_init__(self) -> None:
         self.storage = self.app.storage
         self.sessions = Sessions(
-            load_secret(self.app.config.data_path), lifetime=self.settings.session_lifetime
+            self.storage,
+            lifetime=self.settings.session_lifetime,
+            data_dir=self.app.config.data_path,  # an older version's secret, to import once
         )
         self.index = FolderIndex(self.storage, self.settings.index_mailboxes)
         self.status = StatusCache(self.storage)
@@ -144,7 +146,7 @@ class Web:
         return f"__Host-{base}" if self.secure(request) else base
 
     async def current_user(self, request: Request) -> User | None:
-        session = self.sessions.parse(request.cookies.get(self.cookie_name(request)))
+        session = await self.sessions.parse(request.cookies.get(self.cookie_name(request)))
         if session is None:
             return None
         account = await self.storage.get_account(session.account_id)

@@ -4,7 +4,8 @@ and back, or between two databases of one kind).
 Everything is copied with its identity: domain, account, mailbox and queue ids, UIDVALIDITY,
 UIDNEXT, HIGHESTMODSEQ, every message's UID, modseq, flags and internal date, tombstones, blob
 reference counts and queue entries with their leases. So IMAP, POP3 (UIDL is UIDVALIDITY.UID)
-and JMAP clients see the same mailbox and re-download nothing.
+and JMAP clients see the same mailbox and re-download nothing. The webmail's session secret and
+its logged-out sessions come along too: sessions stay valid, and logged out, across the move.
 
 - **Resumable.** Tables are copied in dependency order, each in key order, in batches that
   commit one at a time; a run that stops (crash, Ctrl-C, network) continues after the last
@@ -35,7 +36,7 @@ import asyncpg
 from letterbird.storage.interface import StorageError
 from letterbird.storage.pg_schema import CHUNK, parse_pg_url
 
-__all__ = ["TABLES", "CopyReport", "copy_storage", "open_end", "verify_copy"]
+__all__ = ["META_KEYS", "TABLES", "CopyReport", "copy_storage", "open_end", "verify_copy"]
 
 Row = tuple[Any, ...]
 Key = tuple[Any, ...]
@@ -102,7 +103,11 @@ TABLES: tuple[Table, ...] = (
             "created",
         ),
     ),
+    Table("session_revocations", ("nonce",), ("nonce", "expires")),
 )
+# ``meta`` rows copied as they are: the webmail's session secret, so sessions (and their
+# revocations above) stay as they were, and no node offers an older secret of its own.
+META_KEYS: tuple[str, ...] = ("web_session_secret",)
 _BY_NAME = {t.name: t for t in TABLES}
 
 
@@ -323,9 +328,7 @@ class PgEnd:
     def _where(self, table: Table, after: Key | None) -> str:
         if not after:
             return ""
-        keys = ", ".join(
-            f'{k} COLLATE "C"' if k == "id" and _text_key(table) else k for k in table.key
-        )
+        keys = ", ".join(f'{k} COLLATE "C"' if _text_key(table) else k for k in table.key)
         params = ", ".join(f"${i + 1}" for i in range(len(table.key)))
         return f"WHERE ({keys}) > ({params})"
 
@@ -441,7 +444,7 @@ class PgEnd:
 
 
 def _text_key(table: Table) -> bool:
-    return table.name == "queue_messages"
+    return table.name in ("queue_messages", "session_revocations")
 
 
 def _from_pg(table: str, r: Row) -> Row:
@@ -533,6 +536,10 @@ async def copy_storage(
                 if progress:
                     progress(table.name, done + written, total)
             report.copied[table.name] = written
+        for key in META_KEYS:
+            value = await src.get_meta(key)
+            if value is not None:
+                await dst.set_meta(key, value)
         await dst.finish(await src.uidvalidity_floor())
         if verify:
             report.problems = await _verify(src, dst, batch, progress)
@@ -604,6 +611,9 @@ async def _verify(src: End, dst: End, batch: int, progress: Progress | None) -> 
             problems.append(f"{table.name}: {n_src} rows in the source, {n_dst} in the copy")
         elif d_src != d_dst:
             problems.append(f"{table.name}: the rows differ (digest mismatch)")
+    for key in META_KEYS:
+        if await src.get_meta(key) != await dst.get_meta(key):
+            problems.append(f"meta {key} differs")
     if await src.uidvalidity_floor() > await dst.uidvalidity_floor():
         problems.append("the copy could reuse a UIDVALIDITY value")
     return problems

@@ -437,6 +437,28 @@ class Storage(Protocol):
         now); None when the queue is empty."""
         ...
 
+    # -- installation settings (the ``meta`` table) --------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        """The installation setting ``key`` (None: not set)."""
+        ...
+
+    async def init_meta(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless the key has a value already; returns the stored
+        value, committed. Atomic across every node sharing the storage: of concurrent callers
+        the first to commit wins and all of them get its value (a secret made once)."""
+        ...
+
+    # -- webmail sessions that were logged out (letterbird.http.sessions) ----------------
+    async def revoke_session(self, nonce: str, expires: float, now: float | None = None) -> None:
+        """Record, committed on return, that the session ``nonce`` is void until ``expires``
+        (seconds since the epoch: when its cookie expires anyway). Revocations whose expiry is
+        before ``now`` (default: the database clock) are forgotten in the same transaction."""
+        ...
+
+    async def session_revoked(self, nonce: str) -> bool:
+        """Whether the session ``nonce`` was revoked (one primary-key lookup)."""
+        ...
+
     # -- POP3 maildrop locks (RFC 1939 §8), held across every node sharing the storage ------
     async def maildrop_lock(
         self, account_id: int

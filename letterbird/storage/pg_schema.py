@@ -154,6 +154,14 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX auth_failures_key ON auth_failures(key, at);
     """,
+    # version 4: logged-out webmail sessions, seen by every node (letterbird.http.sessions)
+    """
+    CREATE TABLE session_revocations(
+        nonce TEXT PRIMARY KEY,
+        expires DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX session_revocations_expires ON session_revocations(expires);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -19,6 +19,9 @@
 - **POP3 maildrop locks** are session-level advisory locks held on one dedicated connection per
   node: a node that dies releases its locks with its connection.
 - **Failed logins** are recorded in ``auth_failures`` so throttling can hold across nodes.
+- **Webmail sessions**: the signing secret is one ``meta`` row that the first node to start
+  creates, and logouts are rows of ``session_revocations``, so a cookie issued by one node is
+  accepted, and once logged out refused, by every node.
 
 Schema and URL: :mod:`letterbird.storage.pg_schema`.
 """
@@ -50,7 +53,6 @@ from letterbird.storage.interface import (
     Domain,
     FlagMode,
     Mailbox,
-    MailboxExists,
     MailboxStatus,
     MessageRecord,
     NotFound,
@@ -830,7 +832,7 @@ class PgStorage:
                     plan.prefix,
                 )
             except asyncpg.UniqueViolationError:
-                raise MailboxExists(f"a mailbox under {plan.new} exists already") from None
+                raise sem.inferior_exists(plan.new) from None
             return None, sem.mailbox_changed(account_id, mid)
 
         await self._write(fn)
@@ -1546,6 +1548,46 @@ class PgStorage:
             return None, []
 
         await self._write(fn)
+
+    # -- installation settings and webmail sessions, shared by every node -----------------
+    async def get_meta(self, key: str) -> str | None:
+        row = await self._fetchrow("SELECT value FROM meta WHERE key=$1", key)
+        return None if row is None else str(row[0])
+
+    async def init_meta(self, key: str, value: str) -> str:
+        async def fn(c: Conn) -> tuple[str, list[ChangeEvent]]:
+            # Two statements (READ COMMITTED: the SELECT takes a new snapshot): when another
+            # node's insert of the key is in flight, ours waits for its commit, does nothing,
+            # and the SELECT then reads the winner's value.
+            await c.execute(
+                "INSERT INTO meta(key, value) VALUES($1, $2) ON CONFLICT(key) DO NOTHING",
+                key,
+                value,
+            )
+            return str(await c.fetchval("SELECT value FROM meta WHERE key=$1", key)), []
+
+        return await self._write(fn)
+
+    async def revoke_session(self, nonce: str, expires: float, now: float | None = None) -> None:
+        async def fn(c: Conn) -> tuple[None, list[ChangeEvent]]:
+            await c.execute(
+                f"DELETE FROM session_revocations WHERE expires < coalesce($1::float8, {_DB_NOW})",
+                now,
+            )
+            await c.execute(
+                "INSERT INTO session_revocations(nonce, expires) VALUES($1, $2) "
+                "ON CONFLICT(nonce) DO UPDATE "
+                "SET expires = greatest(session_revocations.expires, excluded.expires)",
+                nonce,
+                float(expires),
+            )
+            return None, []
+
+        await self._write(fn)
+
+    async def session_revoked(self, nonce: str) -> bool:
+        row = await self._fetchrow("SELECT 1 FROM session_revocations WHERE nonce=$1", nonce)
+        return row is not None
 
     # -- maintenance ---------------------------------------------------------------------
     async def integrity_check(self) -> list[str]:

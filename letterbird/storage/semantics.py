@@ -71,6 +71,7 @@ __all__ = [
     "expunged",
     "flag_changes",
     "flags_stored",
+    "inferior_exists",
     "json_to_rcpts",
     "mailbox_changed",
     "mailbox_exists",
@@ -252,6 +253,12 @@ def alias_exists(local: str | None, domain: str) -> AccountExists:
 
 def mailbox_exists(name: str) -> MailboxExists:
     return MailboxExists(f"mailbox {name} exists already")
+
+
+def inferior_exists(new: str) -> MailboxExists:
+    """A rename whose inferior would take a name in use (``A`` → ``B`` while ``A/x`` and
+    ``B/x`` exist): refused, nothing renamed."""
+    return MailboxExists(f"a mailbox under {new} exists already")
 
 
 def check_domain_empty(name: str, accounts: int) -> None:

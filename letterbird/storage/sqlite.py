@@ -161,6 +161,16 @@ MIGRATIONS.append(
     CREATE INDEX queue_entries_queue_id ON queue_entries(queue_id);
     """
 )
+MIGRATIONS.append(
+    # version 3: logged-out webmail sessions (letterbird.http.sessions), until they expire
+    """
+    CREATE TABLE session_revocations(
+        nonce TEXT PRIMARY KEY,
+        expires REAL NOT NULL
+    );
+    CREATE INDEX session_revocations_expires ON session_revocations(expires);
+    """
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -707,7 +717,12 @@ class SqliteStorage:
                 "SELECT id, name FROM mailboxes WHERE account_id=? AND substr(name,1,?)=?",
                 (account_id, len(plan.prefix), plan.prefix),
             ).fetchall():
-                c.execute("UPDATE mailboxes SET name=? WHERE id=?", (plan.inferior(name), inferior))
+                try:
+                    c.execute(
+                        "UPDATE mailboxes SET name=? WHERE id=?", (plan.inferior(name), inferior)
+                    )
+                except sqlite3.IntegrityError:  # (the job is undone alone: nothing renamed)
+                    raise sem.inferior_exists(plan.new) from None
             return None, sem.mailbox_changed(account_id, mid)
 
         await self._write(fn)
@@ -1298,6 +1313,46 @@ class SqliteStorage:
                 self._maildrops.discard(account_id)
 
         return held()
+
+    # -- installation settings and webmail sessions -------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def init_meta(self, key: str, value: str) -> str:
+        def fn(c: sqlite3.Connection) -> tuple[str, list[ChangeEvent]]:
+            c.execute(
+                "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO NOTHING",
+                (key, value),
+            )
+            return str(c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0]), []
+
+        return await self._write(fn)
+
+    async def revoke_session(self, nonce: str, expires: float, now: float | None = None) -> None:
+        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
+            c.execute(
+                "DELETE FROM session_revocations WHERE expires < ?",
+                (time.time() if now is None else now,),
+            )
+            c.execute(
+                "INSERT INTO session_revocations(nonce, expires) VALUES(?, ?) "
+                "ON CONFLICT(nonce) DO UPDATE SET expires = max(expires, excluded.expires)",
+                (nonce, expires),
+            )
+            return None, []
+
+        await self._write(fn)
+
+    async def session_revoked(self, nonce: str) -> bool:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT 1 FROM session_revocations WHERE nonce=?", (nonce,)
+            ).fetchone()
+        )
+        return row is not None
 
     # -- maintenance ---------------------------------------------------------------------
     async def integrity_check(self) -> list[str]:

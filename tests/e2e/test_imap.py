@@ -588,6 +588,20 @@ def test_create_delete_rename_errors(wire: Wire, server: ServerThread) -> None:
     assert {"x", "x/y", "x/y/z", "x/y/z/b"} <= set(names) and "a" not in names
 
 
+def test_rename_onto_a_taken_inferior_name(wire: Wire, server: ServerThread) -> None:
+    """A, A/x and B/x (B itself deleted): RENAME A B would make A/x into B/x, which exists.
+    Refused as ALREADYEXISTS on every backend, nothing renamed."""
+    wire.ok("CREATE A/x")
+    wire.ok("CREATE B/x")
+    wire.ok("DELETE B")  # its inferior B/x stays
+    before = mailbox_names(server)
+    assert "B" not in before and {"A", "A/x", "B/x"} <= set(before)
+    assert wire.cmd("RENAME A B") == [b"t NO [ALREADYEXISTS] Mailbox already exists"]
+    assert mailbox_names(server) == before
+    wire.ok("RENAME A C")
+    assert {"C", "C/x", "B/x"} <= set(mailbox_names(server))
+
+
 def test_delete_and_rename_more(wire: Wire, server: ServerThread) -> None:
     assert wire.cmd('RENAME Sent "a//b"')[-1].startswith(b"t NO [CANNOT] Invalid mailbox name")
     assert wire.cmd("RENAME Sent INBOX") == [b"t NO [ALREADYEXISTS] Mailbox already exists"]

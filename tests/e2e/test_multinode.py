@@ -3,6 +3,8 @@ sharing one PostgreSQL schema (DESIGN.md §3, §6, §7).
 
 - mail delivered over SMTP on node A is read over POP3 and IMAP on node B;
 - an IMAP IDLE on node B is woken by a delivery on node A (LISTEN/NOTIFY);
+- a webmail login on node A is valid on node B (one session secret, in the database), and a
+  logout on node B ends it on node A too (revocations in the database);
 - the outgoing queue is shared: node A is SIGKILLed while it holds the lease of a message it is
   delivering; node B takes the message over when the lease expires and delivers it, once;
 - behind a load balancer, PROXY protocol v1/v2 headers from trusted peers give every listener
@@ -16,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import poplib
+import re
 import smtplib
 import socket
 import threading
@@ -23,6 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pgutil
 import pytest
 from conftest import blob_of
@@ -44,7 +48,12 @@ MSG = (
 
 
 def node_config(
-    tmp_path: Path, name: str, url: str, address: str, sink: tuple[str, int] | None = None
+    tmp_path: Path,
+    name: str,
+    url: str,
+    address: str,
+    sink: tuple[str, int] | None = None,
+    http: bool = False,
 ) -> Path:
     folder = tmp_path / name
     folder.mkdir(exist_ok=True)
@@ -62,7 +71,7 @@ imap = ["{address}:0"]
 imaps = []
 pop3 = ["{address}:0"]
 pop3s = []
-http = []
+http = [{f'"{address}:0"' if http else ""}]
 [delivery]
 tls = "none"
 lease = "2s"
@@ -95,8 +104,8 @@ def url() -> Iterator[str]:
 
 @pytest.fixture
 def two_nodes(tmp_path: Path, url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    cfg_a = node_config(tmp_path, "node-a", url, "127.0.0.1")
-    cfg_b = node_config(tmp_path, "node-b", url, "127.0.0.2")
+    cfg_a = node_config(tmp_path, "node-a", url, "127.0.0.1", http=True)
+    cfg_b = node_config(tmp_path, "node-b", url, "127.0.0.2", http=True)
     assert admin(cfg_a, "migrate").strip() == f"schema migrated from version 0 to {SCHEMA_VERSION}"
     assert admin(cfg_b, "migrate").strip() == f"schema up to date (version {SCHEMA_VERSION})"
     admin(cfg_a, "domain", "add", "example.test")
@@ -161,6 +170,48 @@ def test_idle_on_one_node_woken_by_another(two_nodes: tuple[ServerProcess, Serve
             assert (1, b"EXISTS") in responses, responses
         finally:
             imap.idle_done()
+
+
+def _web(node: ServerProcess) -> httpx.Client:
+    host, port = node.bound["http"]
+    return httpx.Client(base_url=f"http://{host}:{port}", timeout=30, follow_redirects=False)
+
+
+def _csrf(page: str) -> str:
+    m = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert m is not None, page
+    return m.group(1)
+
+
+@pytest.mark.pg
+def test_webmail_session_across_nodes(
+    tmp_path: Path, two_nodes: tuple[ServerProcess, ServerProcess]
+) -> None:
+    """Behind a load balancer a browser's requests land on any node: the session cookie one
+    node issued is accepted by the other, and a logout on either ends it on both."""
+    a, b = two_nodes
+    with _web(a) as web_a, _web(b) as web_b:
+        page = web_a.get("/login")
+        token = re.search(r'name="login_token" value="([^"]+)"', page.text)
+        assert token is not None
+        r = web_a.post(
+            "/login",
+            data={"username": "bob@example.test", "password": PASSWORD, "login_token": token[1]},
+        )
+        assert r.status_code == 303 and r.headers["location"] == "/", r.text
+        session = r.cookies["lb_session"]
+        cookie = {"Cookie": f"lb_session={session}"}
+        on_a = web_a.get("/folders", headers=cookie)
+        on_b = web_b.get("/folders", headers=cookie)
+        assert on_a.status_code == 200 and on_b.status_code == 200, (on_b.status_code, b.log)
+        assert "Inbox" in on_b.text
+        r = web_b.post("/logout", data={"csrf_token": _csrf(on_b.text)}, headers=cookie)
+        assert r.status_code == 303 and r.headers["location"] == "/login"
+        for web in (web_a, web_b):  # the same cookie, replayed after the logout
+            r = web.get("/folders", headers=cookie)
+            assert r.status_code == 303 and r.headers["location"] == "/login"
+    # neither node keeps a secret of its own any more
+    assert not list(tmp_path.glob("node-*/data/web-session.key"))
 
 
 @pytest.mark.pg

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
 import os
 import re
-import stat
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import make_config
 from webutil import PASSWORD, WebEnv, csrf_of, make_env
 
-from letterbird.http.sessions import SECRET_FILE, Sessions, load_secret
+from letterbird.http.sessions import SECRET_FILE, SECRET_META, Sessions, load_shared_secret
+from letterbird.storage.interface import StorageError
+from letterbird.storage.sqlite import SqliteStorage
 
 
 @pytest.fixture
@@ -249,60 +255,148 @@ def test_secure_cookies_under_tls(tmp_path: Path) -> None:
         csrf_of(env.client.get("/folders").text)
 
 
-def test_session_secret_is_made_once_with_mode_0600(tmp_path: Path) -> None:
-    first = load_secret(tmp_path / "d")
-    path = tmp_path / "d" / SECRET_FILE
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert load_secret(tmp_path / "d") == first and len(first) == 32
-    os.unlink(path)
-    second = load_secret(tmp_path / "d")
-    assert second != first
-    path.write_bytes(b"short")
-    with pytest.raises(ValueError, match="damaged session secret"):
-        load_secret(tmp_path / "d")
-    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+# -- the session secret and logouts live in the database ------------------------------------
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStorage]:
+    s = SqliteStorage(tmp_path / "sessions.db")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
-def test_sessions_unit() -> None:
+def old_cookie(key: bytes, account_id: int, password_hash: str, issued: int) -> str:
+    """A cookie as the version with ``data_dir/web-session.key`` signed it (written out here
+    independently of the module, so the format is pinned)."""
+
+    def mac(purpose: str, payload: str) -> str:
+        digest = hmac.new(key, purpose.encode() + b"\x00" + payload.encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+
+    payload = f"{account_id}.{issued}.oldnonce.{mac('pw', password_hash)[:16]}"
+    return f"{payload}.{mac('session', payload)}"
+
+
+async def test_sessions_unit(store: SqliteStorage) -> None:
     now = [1000.0]
-    s = Sessions(b"k" * 32, lifetime=100, clock=lambda: now[0])
-    value, session = s.issue(7, "hash")
-    parsed = s.parse(value)
+    s = Sessions(store, lifetime=100, clock=lambda: now[0])
+    with pytest.raises(RuntimeError, match="not loaded"):
+        s.password_fingerprint("hash")
+    value, session = await s.issue(7, "hash")
+    parsed = await s.parse(value)
     assert parsed == session
     assert s.password_fingerprint("hash") == session.pwfp
     assert s.check_csrf(session, session.csrf) and not s.check_csrf(session, None)
-    assert s.parse(value + "x") is None and s.parse(None) is None and s.parse("a" * 600) is None
-    assert s.parse("1.2.3.4") is None
+    assert await s.parse(value + "x") is None and await s.parse(None) is None
+    assert await s.parse("a" * 600) is None and await s.parse("1.2.3.4") is None
     forged_payload = "x.1000.n.p"
-    assert s.parse(f"{forged_payload}.{s._mac('session', forged_payload)}") is None
+    assert await s.parse(f"{forged_payload}.{s._mac('session', forged_payload)}") is None
     now[0] = 1100.0
-    assert s.parse(value) is None  # expired
+    assert await s.parse(value) is None  # expired
     now[0] = 1000.0
-    s.revoke(session)
-    assert s.parse(value) is None
+    await s.revoke(session)
+    assert await s.parse(value) is None
+    assert await store.session_revoked(session.nonce)  # committed when revoke returned
     link = s.sign_link("/cid/1/2/3", 10)
     _, _, _, _, _, expires, sig = link.split("/")
-    assert s.check_link("/cid/1/2/3", expires, sig)
-    assert not s.check_link("/cid/1/2/4", expires, sig)
-    assert not s.check_link("/cid/1/2/3", "x", sig)
+    assert await s.check_link("/cid/1/2/3", expires, sig)
+    assert not await s.check_link("/cid/1/2/4", expires, sig)
+    assert not await s.check_link("/cid/1/2/3", "x", sig)
     now[0] = 2000.0
-    assert not s.check_link("/cid/1/2/3", expires, sig)
+    assert not await s.check_link("/cid/1/2/3", expires, sig)
     assert Sessions.check_login_token("a", "a") and not Sessions.check_login_token("a", "b")
     assert not Sessions.check_login_token(None, "a") and not Sessions.check_login_token(
         "a" * 99, "a" * 99
     )
 
 
-def test_revoked_set_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    import letterbird.http.sessions as mod
+async def test_the_secret_and_logouts_are_shared_through_the_database(
+    store: SqliteStorage, tmp_path: Path
+) -> None:
+    """Two Sessions on one database (two nodes, or one node before and after a restart)."""
+    data = tmp_path / "data"
+    a = Sessions(store, lifetime=3600, data_dir=data)
+    b = Sessions(store, lifetime=3600, data_dir=tmp_path / "other")
+    await asyncio.gather(a.start(), b.start())
+    secret = await store.get_meta(SECRET_META)
+    assert secret is not None and len(base64.b64decode(secret)) == 32
+    assert a._secret == b._secret == base64.b64decode(secret)
+    assert not data.exists()  # nothing written on the node's disk any more
+    value, session = await a.issue(7, "hash")
+    assert await b.parse(value) == session
+    await b.revoke(session)
+    assert await a.parse(value) is None
+    await a.start()  # loaded once
+    assert a._secret == b._secret
 
-    monkeypatch.setattr(mod, "_MAX_REVOKED", 3)
-    now = [0.0]
-    s = Sessions(b"k" * 32, lifetime=10, clock=lambda: now[0])
-    sessions = [s.issue(1, "h")[1] for _ in range(5)]
-    for sess in sessions:
-        s.revoke(sess)
-    assert len(s._revoked) <= 3
-    now[0] = 100.0
-    s.revoke(s.issue(1, "h")[1])  # expired entries are pruned first
-    assert len(s._revoked) == 1
+
+async def test_revocations_are_pruned_once_the_cookie_expired(store: SqliteStorage) -> None:
+    now = [1000.0]
+    s = Sessions(store, lifetime=100, clock=lambda: now[0])
+    _, first = await s.issue(1, "h")
+    await s.revoke(first)
+    now[0] = 1050.0
+    _, second = await s.issue(1, "h")
+    await s.revoke(second)  # the first cookie is still valid until 1100: kept
+    assert await store.session_revoked(first.nonce)
+    now[0] = 1101.0
+    _, third = await s.issue(1, "h")
+    await s.revoke(third)
+    assert not await store.session_revoked(first.nonce)  # expired anyway: forgotten
+    assert await store.session_revoked(second.nonce) and await store.session_revoked(third.nonce)
+
+
+async def test_old_secret_file_is_imported_once(store: SqliteStorage, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    key = os.urandom(32)
+    (data / SECRET_FILE).write_bytes(key)
+    old = old_cookie(key, 7, "hash", 1000)
+    now = [1010.0]
+    s = Sessions(store, lifetime=100, data_dir=data, clock=lambda: now[0])
+    parsed = await s.parse(old)  # a session from before the upgrade survives it
+    assert parsed is not None and parsed.account_id == 7 and parsed.nonce == "oldnonce"
+    assert await store.get_meta(SECRET_META) == base64.b64encode(key).decode()
+    # the database's secret wins from now on: another node's (different) file is ignored,
+    # and so is a damaged one
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / SECRET_FILE).write_bytes(b"short")
+    s2 = Sessions(store, lifetime=100, data_dir=other, clock=lambda: now[0])
+    assert await s2.parse(old) == parsed
+
+
+async def test_damaged_secrets_are_refused(store: SqliteStorage, tmp_path: Path) -> None:
+    (tmp_path / SECRET_FILE).write_bytes(b"short")
+    with pytest.raises(ValueError, match="damaged session secret"):
+        await Sessions(store, lifetime=10, data_dir=tmp_path).start()
+    assert await store.get_meta(SECRET_META) is None  # nothing replaced it silently
+    await store.init_meta(SECRET_META, "not base64!")
+    with pytest.raises(StorageError, match="damaged webmail session secret"):
+        await Sessions(store, lifetime=10).start()
+    with pytest.raises(StorageError, match="damaged webmail session secret"):
+        await load_shared_secret(store)
+
+
+def test_logout_holds_after_a_restart(tmp_path: Path) -> None:
+    """A cookie used after logout is refused by a server restarted on the same data."""
+    config = make_config(tmp_path)
+    for env in make_env(tmp_path, config=config):
+        env.add_user("bob@example.test")
+        csrf = env.login("bob@example.test")
+        stolen = env.client.cookies.get("lb_session")
+        assert stolen
+        assert env.client.post("/logout", data={"csrf_token": csrf}).status_code == 303
+        env.client.cookies.set("lb_session", stolen)
+        assert env.client.get("/folders").status_code == 303
+        env.client.cookies.clear()
+        env.login("bob@example.test")
+        kept = env.client.cookies.get("lb_session")  # a second session, still logged in
+        assert kept and kept != stolen
+    for env in make_env(tmp_path, config=config):  # a new process on the same data
+        env.client.cookies.set("lb_session", stolen)
+        assert env.client.get("/folders").status_code == 303
+        env.client.cookies.clear()
+        env.client.cookies.set("lb_session", kept)
+        assert env.client.get("/folders").status_code == 200  # the secret survived too

@@ -31,6 +31,7 @@ from letterbird.storage.interface import (
     StorageError,
 )
 from letterbird.storage.postgres import PgStorage
+from letterbird.storage.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from letterbird.storage.sqlite import SqliteStorage
 
 
@@ -262,6 +263,21 @@ async def test_rename_inbox_moves_messages(store: SqliteStorage) -> None:
     assert inbox is not None and old is not None
     assert await store.list_messages(inbox.id) == []
     assert len(await store.list_messages(old.id)) == 1
+
+
+async def test_rename_refused_when_an_inferior_name_is_taken(store: SqliteStorage) -> None:
+    """``A`` → ``B`` while ``A/x`` and ``B/x`` exist: ``A/x`` cannot become ``B/x``. Every
+    backend refuses it with the same error, and renames nothing (not even ``A``)."""
+    bob = await _account(store)
+    for name in ("A", "A/x", "A/y", "B/x"):
+        await store.create_mailbox(bob.id, name)
+    before = {mb.id: mb.name for mb in await store.list_mailboxes(bob.id)}
+    with pytest.raises(MailboxExists, match=_says("a mailbox under B exists already")):
+        await store.rename_mailbox(bob.id, "A", "B")
+    assert {mb.id: mb.name for mb in await store.list_mailboxes(bob.id)} == before
+    await store.rename_mailbox(bob.id, "A", "C")  # the mailbox is still usable
+    names = {mb.name for mb in await store.list_mailboxes(bob.id)}
+    assert {"C", "C/x", "C/y", "B/x"} <= names and not names & {"A", "A/x", "B"}
 
 
 async def test_refusals_are_worded_alike(store: SqliteStorage) -> None:
@@ -707,26 +723,62 @@ async def test_queue_remove_stores_its_report(
     assert await _inbox(store, bob) == [DSN]
 
 
-async def test_migrates_from_version_1(tmp_path: Path) -> None:
+# -- installation settings and webmail sessions ------------------------------------------------
+async def test_meta_is_initialised_once(store: SqliteStorage) -> None:
+    assert await store.get_meta("web_session_secret") is None
+    assert await store.init_meta("web_session_secret", "first") == "first"
+    assert await store.init_meta("web_session_secret", "second") == "first"  # kept
+    assert await store.get_meta("web_session_secret") == "first"
+    # concurrent offers (on PostgreSQL possibly batched into one transaction): one wins
+    got = await asyncio.gather(*(store.init_meta("k", f"v{i}") for i in range(5)))
+    assert len(set(got)) == 1 and got[0] in {f"v{i}" for i in range(5)}
+    assert await store.get_meta("k") == got[0]
+
+
+async def test_session_revocations(store: SqliteStorage) -> None:
+    assert not await store.session_revoked("n1")
+    await store.revoke_session("n1", 2000.0, now=1000.0)
+    await store.revoke_session("n2", 1500.0, now=1000.0)
+    await store.revoke_session("n2", 1200.0, now=1000.0)  # again: the later expiry is kept
+    assert await store.session_revoked("n1") and await store.session_revoked("n2")
+    assert not await store.session_revoked("n3")
+    await store.revoke_session("n3", 3000.0, now=1400.0)  # n2 not expired yet: kept
+    assert await store.session_revoked("n2")
+    await store.revoke_session("n4", 3000.0, now=1600.0)  # n2 expired: pruned
+    assert not await store.session_revoked("n2")
+    assert all([await store.session_revoked(n) for n in ("n1", "n3", "n4")])
+    # by default "now" is the database clock: every expiry above is long past
+    await store.revoke_session("n5", time.time() + 3600)
+    assert not any([await store.session_revoked(n) for n in ("n1", "n3", "n4")])
+    assert await store.session_revoked("n5")
+
+
+@pytest.mark.parametrize("start", range(1, SQLITE_SCHEMA_VERSION))
+async def test_sqlite_migrates_from_each_earlier_version(tmp_path: Path, start: int) -> None:
     import sqlite3
 
-    from letterbird.storage.sqlite import MIGRATIONS, SCHEMA_VERSION
+    from letterbird.storage.sqlite import MIGRATIONS
 
     path = tmp_path / "old.db"
     c = sqlite3.connect(path, isolation_level=None)
-    for stmt in MIGRATIONS[0].split(";"):
-        if stmt.strip():
-            c.execute(stmt)
-    c.execute("PRAGMA user_version=1")
+    for migration in MIGRATIONS[:start]:
+        for stmt in migration.split(";"):
+            if stmt.strip():
+                c.execute(stmt)
+    c.execute(f"PRAGMA user_version={start}")
     c.execute("INSERT INTO domains(name, created) VALUES('example.test', 0)")
+    c.execute("INSERT INTO meta(key, value) VALUES('uidvalidity', '7')")
     c.close()
     s = SqliteStorage(path)
     await s.open()
     try:
         assert [d.name for d in await s.list_domains()] == ["example.test"]
+        assert await s.get_meta("uidvalidity") == "7"
         assert await s.queue_entries() == []
+        await s.revoke_session("n1", time.time() + 60)
+        assert await s.session_revoked("n1")
         v = await s._read(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
-        assert v == SCHEMA_VERSION
+        assert v == SQLITE_SCHEMA_VERSION
     finally:
         await s.close()
 

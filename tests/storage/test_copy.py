@@ -61,11 +61,19 @@ async def fill(s: Any) -> dict[str, Any]:
     )
     await s.deliver(blob_of(sample_message(50)), [AppendTarget(bob.id, "Sent")], out, "QCOPY1")
     await s.queue_claim("node-x", 3600, 10, now=2_000_000_000.0)
+    await s.init_meta("web_session_secret", "c2VjcmV0")  # the webmail's, and its logouts
+    for nonce in NONCES:
+        await s.revoke_session(nonce, 4_000_000_000.0, now=0.0)
     return await snapshot(s)
+
+
+NONCES = ("n-one", "N-two", "n_three", "Zz")  # mixed case: key order must agree on both ends
 
 
 async def snapshot(s: Any) -> dict[str, Any]:
     out: dict[str, Any] = {
+        "session_secret": await s.get_meta("web_session_secret"),
+        "revoked": [await s.session_revoked(n) for n in (*NONCES, "other")],
         "domains": await s.list_domains(),
         "accounts": await s.list_accounts(),
         "aliases": await s.list_aliases(),
@@ -129,6 +137,8 @@ async def test_sqlite_to_postgres_and_back(tmp_path: Path, pg_url: str) -> None:
     try:
         again = await snapshot(back)
         assert again["accounts"] == before["accounts"]
+        assert again["session_secret"] == "c2VjcmV0"
+        assert again["revoked"] == [True] * len(NONCES) + [False]
         assert again["queue"] == before["queue"]
         for key, (mb, recs, blobs, changes) in before["mailboxes"].items():
             mb2, recs2, blobs2, changes2 = again["mailboxes"][key]

@@ -200,6 +200,9 @@ async def test_migrates_from_each_earlier_version(
     assert [e.domain for e in await s.queue_entries()] == ["remote.test"]
     await s.auth_failure_add(["u:bob"], 60)
     assert (await s.auth_failure_status(["u:bob"], 60))["u:bob"][0] == 1
+    await s.revoke_session("n1", time.time() + 60)
+    assert await s.session_revoked("n1")
+    assert await s.init_meta("web_session_secret", "x") == "x"
     assert await s.integrity_check() == []
 
 
@@ -217,7 +220,7 @@ async def test_newer_schema_is_refused(url: str, nodes: Nodes) -> None:
 
 
 def test_migrations_are_numbered_statements() -> None:
-    assert SCHEMA_VERSION == len(MIGRATIONS) >= 3
+    assert SCHEMA_VERSION == len(MIGRATIONS) >= 4
 
 
 # -- several nodes on one database ----------------------------------------------------------
@@ -610,6 +613,20 @@ async def test_auth_failures_are_shared(nodes: Nodes) -> None:
     assert "ip:other" not in status and 0 <= status["u:bob"][1] < 5
     await a.auth_failure_clear("u:bob")
     assert "u:bob" not in await b.auth_failure_status(["u:bob"], 60)
+
+
+# -- webmail sessions shared by nodes -----------------------------------------------------------
+async def test_session_secret_and_logouts_are_shared(nodes: Nodes) -> None:
+    """Nodes starting together offer different secrets: the first commit wins on all of
+    them; a logout on one is seen by the other at once."""
+    a, b, c = await nodes(), await nodes(), await nodes()
+    got = await asyncio.gather(
+        *(n.init_meta("web_session_secret", v) for n, v in ((a, "A"), (b, "B"), (c, "C")))
+    )
+    assert len(set(got)) == 1 and await b.get_meta("web_session_secret") == got[0]
+    assert not await b.session_revoked("nonce")
+    await a.revoke_session("nonce", time.time() + 60)
+    assert await b.session_revoked("nonce") and await c.session_revoked("nonce")
 
 
 async def test_closed_storage_refuses_work(nodes: Nodes) -> None:
