@@ -389,7 +389,9 @@ async def test_cross_node_deadlock_is_retried(nodes: Nodes) -> None:
         return fn
 
     await asyncio.gather(a._write(job(x, y)), b._write(job(y, x)))
-    assert a.retries + b.retries == 1, (a.retries, b.retries)
+    # At least one deadlock victim was retried (under load a retry can meet the other
+    # transaction once more); either way both jobs ran exactly once in the end.
+    assert a.retries + b.retries >= 1, (a.retries, b.retries)
     assert (await a.quota_usage(x))[1] == 2 and (await a.quota_usage(y))[1] == 2
 
 
