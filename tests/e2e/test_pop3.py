@@ -642,17 +642,27 @@ def test_storage_errors_are_sys_temp(server: ServerThread) -> None:
     async def failing(*a: object, **k: object) -> object:
         raise StorageError("disk on fire")
 
-    real_fetch, real_read, real_delete = (
-        storage.fetch_messages,
+    real_list, real_meta, real_read, real_delete = (
+        storage.list_messages,
+        storage.fetch_meta,
         storage.read_blob,
         storage.delete_messages,
     )
-    storage.fetch_messages = failing
+    storage.list_messages = failing
     try:
         r = Raw(server)
         assert r.login() == b"-ERR [SYS/TEMP] temporary system problem, try later"
     finally:
-        storage.fetch_messages = real_fetch
+        storage.list_messages = real_list
+    assert lock_free(server)
+    storage.fetch_meta = failing  # the second read of the snapshot
+    try:
+        assert r.cmd(b"USER " + BOB.encode()).startswith(b"+OK")
+        assert r.cmd(b"PASS " + PASSWORD.encode()) == (
+            b"-ERR [SYS/TEMP] temporary system problem, try later"
+        )
+    finally:
+        storage.fetch_meta = real_meta
     assert lock_free(server)
     assert r.cmd(b"USER " + BOB.encode()).startswith(b"+OK")
     assert r.cmd(b"PASS " + PASSWORD.encode()).startswith(b"+OK")

@@ -11,7 +11,7 @@ from letterbird.proto.pop3.events import (
     StlsRequested,
     UpdateRequested,
 )
-from letterbird.proto.pop3.message import stuff_and_terminate, truncate_top
+from letterbird.proto.pop3.message import MessageStuffer, stuff_and_terminate, truncate_top
 from letterbird.proto.pop3.replies import Reply, RespCode
 from letterbird.proto.pop3.server import (
     LoginFailure,
@@ -27,6 +27,7 @@ __all__ = [
     "Event",
     "LoginFailure",
     "LoginRequested",
+    "MessageStuffer",
     "NeedData",
     "NextEvent",
     "Pop3UsageError",

@@ -65,7 +65,8 @@ class RetrieveRequested:
 
     ``index`` is the 1-based message number, ``uid`` and ``size`` come from the maildrop given
     to ``login_succeeded``. Answer with ``send_message(data)`` (the whole message: the core
-    truncates for TOP and dot-stuffs) or ``message_vanished()``.
+    truncates for TOP and dot-stuffs), with ``send_message_part(part, last)`` calls until one
+    returns True (the message streamed in parts), or ``message_vanished()``.
     """
 
     index: int

@@ -26,14 +26,15 @@ RFC 5034 §4::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Command", "parse_command", "parse_number", "strip_eol", "valid_uid"]
 
 # keyword = 3*4VCHAR (VCHAR = %x21-7E); matched on the raw bytes before any decoding.
 KEYWORD_RE = re.compile(rb"[\x21-\x7e]{3,4}")
-# A parameter as used here: UTF-8 is let through (RFC 6856 usernames), controls are not.
-_PARAM_CHARS_RE = re.compile(r"[^\x00-\x20\x7f]+")
+# Parameters as used here: UTF-8 is let through (RFC 6856 usernames), controls are not; one
+# space between parameters (``text.split(" ")`` gives no empty field).
+_PARAMS_RE = re.compile(r"[^\x00-\x20\x7f]+(?: [^\x00-\x20\x7f]+)*")
 # The rest of a PASS line: any text without control characters (spaces allowed).
 _PASSWORD_RE = re.compile(r"[^\x00-\x1f\x7f]+")
 # message-number / TOP line count: 1*DIGIT (ASCII digits only; str.isdigit would take others)
@@ -42,12 +43,12 @@ _NUMBER_RE = re.compile(r"[0-9]+")
 _UID_RE = re.compile(r"[\x21-\x7e]{1,70}")
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(NamedTuple):
     """A parsed command line: upper-cased keyword, its space-separated params, and the raw rest.
 
     ``rest`` is everything after the first space (for PASS); ``params`` is ``None`` when the
-    parameters are not valid text (bad UTF-8, control characters, empty fields).
+    parameters are not valid text (bad UTF-8, control characters, empty fields). (A named
+    tuple: one is built per command line, and that is cheaper than a frozen dataclass.)
     """
 
     keyword: str
@@ -72,11 +73,9 @@ def parse_command(line: bytes) -> Command | None:
         text = tail.decode("utf-8")
     except UnicodeDecodeError:
         return Command(keyword, None, None)
-    rest = text if _PASSWORD_RE.fullmatch(text) else None
-    params = tuple(text.split(" "))
-    if not all(_PARAM_CHARS_RE.fullmatch(p) for p in params):
-        return Command(keyword, None, rest)
-    return Command(keyword, params, rest)
+    if _PARAMS_RE.fullmatch(text) is not None:  # (valid params are a valid rest too)
+        return Command(keyword, tuple(text.split(" ")), text)
+    return Command(keyword, None, text if _PASSWORD_RE.fullmatch(text) else None)
 
 
 def parse_number(text: str) -> int | None:

@@ -45,7 +45,7 @@ from letterbird.proto.pop3.grammar import (
     strip_eol,
     valid_uid,
 )
-from letterbird.proto.pop3.message import stuffed_parts
+from letterbird.proto.pop3.message import MessageStuffer
 
 __all__ = [
     "LoginFailure",
@@ -147,6 +147,7 @@ class _Awaiting(Enum):
     LOGIN = "login"
     STLS = "stls"
     RETRIEVE = "retrieve"
+    MESSAGE = "message data"  # send_message_part() under way
     UPDATE = "update"
 
 
@@ -166,8 +167,9 @@ class ServerConnection:
     """One POP3 session, server side. See the module docstring for the edge's loop.
 
     Answer methods (``login_succeeded``, ``login_failed``, ``reply_stls_ok``,
-    ``reply_stls_failed``, ``send_message``, ``message_vanished``, ``update_done``) called after
-    the session closed (``timeout()`` while the edge was busy) are ignored.
+    ``reply_stls_failed``, ``send_message``, ``send_message_part``, ``message_vanished``,
+    ``update_done``) called after the session closed (``timeout()`` while the edge was busy)
+    are ignored.
     """
 
     def __init__(self, config: ServerConfig | None = None) -> None:
@@ -175,7 +177,7 @@ class ServerConnection:
         self._state = State.AUTHORIZATION
         self._tls_active = self.config.tls_active
         self._tls_pending = False
-        self._out: list[bytes] = [r.OK_GREETING.fmt(greeting=self.config.greeting).to_bytes()]
+        self._out: list[bytes] = [r.OK_GREETING.fmt_bytes(greeting=self.config.greeting)]
         # input: complete lines (or _TOO_LONG markers) waiting to be processed, and the tail
         self._lines: deque[_Line] = deque()
         self._queued = 0
@@ -184,6 +186,7 @@ class ServerConnection:
         # dialogue
         self._awaiting: _Awaiting | None = None
         self._retrieve: RetrieveRequested | None = None
+        self._stuffer: MessageStuffer | None = None  # the message being sent in parts
         self._user: str | None = None
         self._sasl: _SaslExchange | None = None
         self._errors = 0
@@ -303,7 +306,7 @@ class ServerConnection:
         self._uids = uids
         self._total_octets = sum(sizes)
         self._state = State.TRANSACTION
-        self._send(r.OK_LOGGED_IN.fmt(count=len(sizes), octets=self._total_octets))
+        self._out.append(r.OK_LOGGED_IN.fmt_bytes(count=len(sizes), octets=self._total_octets))
 
     def login_failed(self, code: LoginFailure | str = LoginFailure.AUTH) -> None:
         """Answer :class:`LoginRequested` with ``-ERR [code] ...``; stays in AUTHORIZATION."""
@@ -348,19 +351,46 @@ class ServerConnection:
         """Answer :class:`RetrieveRequested` with the whole message (CRLF line endings).
 
         The core writes ``+OK``, truncates for TOP, byte-stuffs, ends the data with CRLF and
-        appends the terminating ``.`` line.
+        appends the terminating ``.`` line. The same as one ``send_message_part(data,
+        last=True)``.
         """
-        if not self._check_answer(_Awaiting.RETRIEVE):
-            return
-        event = self._retrieve
-        assert event is not None
+        self.send_message_part(data, last=True)
+
+    def send_message_part(self, data: bytes, last: bool = False) -> bool:
+        """Answer :class:`RetrieveRequested` with the message in consecutive parts (streaming).
+
+        The first call queues ``+OK``; every call queues its part byte-stuffed, so the edge can
+        write ``data_to_send()`` (waiting for the client to read it) before it reads the next
+        part: a big message never has to be in memory at once. Parts may have any size (a line
+        may span parts; ``b""`` is allowed); ``last=True`` says the message ends with this
+        part. The output is exactly what :meth:`send_message` gives for the whole message.
+
+        Returns True when the response is complete (the terminating ``.`` is queued): after
+        the last part, or for TOP as soon as the header and the asked body lines are out, so
+        the edge reads no further. Until then the event stays pending: ``next_event()`` and
+        ``message_vanished()`` raise :class:`Pop3UsageError` (the ``+OK`` is out); an edge
+        that cannot finish the message (a storage error) must close the connection. Ignored
+        (returns True) once the session is closed.
+        """
+        stuffer = self._stuffer
+        if stuffer is None:
+            if not self._check_answer(_Awaiting.RETRIEVE):
+                return True
+            event = self._retrieve
+            assert event is not None
+            if event.top_lines is None:
+                self._out.append(r.OK_RETR.fmt_bytes(size=event.size))
+            else:
+                self._send(r.OK_TOP)
+            stuffer = self._stuffer = MessageStuffer(event.top_lines)
+            self._awaiting = _Awaiting.MESSAGE
+        self._out.extend(stuffer.feed(data, last))
+        if not stuffer.done:
+            return False
+        self._stuffer = None
         self._awaiting = None
         self._retrieve = None
-        if event.top_lines is None:
-            self._send(r.OK_RETR.fmt(size=event.size))
-        else:
-            self._send(r.OK_TOP)
-        self._out.extend(stuffed_parts(data, event.top_lines))
+        return True
 
     def message_vanished(self) -> None:
         """Answer :class:`RetrieveRequested` when the message was expunged meanwhile."""
@@ -380,7 +410,7 @@ class ServerConnection:
         else:
             left = len(self._sizes) - len(self._deleted)
             if left:
-                self._send(r.OK_SIGNING_OFF_LEFT.fmt(count=left))
+                self._out.append(r.OK_SIGNING_OFF_LEFT.fmt_bytes(count=left))
             else:
                 self._send(r.OK_SIGNING_OFF_EMPTY)
         self._close("quit")
@@ -435,6 +465,7 @@ class ServerConnection:
         self._close_reason = reason
         self._awaiting = None
         self._retrieve = None
+        self._stuffer = None
         self._sasl = None
         self._tls_pending = False
         self._drop_input()
@@ -631,7 +662,7 @@ class ServerConnection:
             return
         count = len(self._sizes) - len(self._deleted)
         octets = self._total_octets - self._deleted_octets
-        self._send(r.OK_STAT.fmt(count=count, octets=octets))
+        self._out.append(r.OK_STAT.fmt_bytes(count=count, octets=octets))
 
     def _cmd_list(self, command: Command) -> None:
         args = self._args(command, 0, 1)
@@ -640,7 +671,7 @@ class ServerConnection:
         if args:
             index = self._message(args[0])
             if index is not None:
-                self._send(r.OK_SCAN.fmt(index=index + 1, size=self._sizes[index]))
+                self._out.append(r.OK_SCAN.fmt_bytes(index=index + 1, size=self._sizes[index]))
             return
         sizes = self._sizes
         count = len(sizes) - len(self._deleted)
@@ -655,7 +686,7 @@ class ServerConnection:
         if args:
             index = self._message(args[0])
             if index is not None:
-                self._send(r.OK_UIDL_ONE.fmt(index=index + 1, uid=self._uids[index]))
+                self._out.append(r.OK_UIDL_ONE.fmt_bytes(index=index + 1, uid=self._uids[index]))
             return
         uids = self._uids
         lines = [f"{i + 1} {uids[i]}".encode("ascii") for i in self._live()]
@@ -697,7 +728,7 @@ class ServerConnection:
             return
         self._deleted.add(index)
         self._deleted_octets += self._sizes[index]
-        self._send(r.OK_DELE.fmt(index=index + 1))
+        self._out.append(r.OK_DELE.fmt_bytes(index=index + 1))
 
     def _cmd_noop(self, command: Command) -> None:
         if self._args(command, 0, 0) is not None:
@@ -708,7 +739,7 @@ class ServerConnection:
             return
         self._deleted.clear()
         self._deleted_octets = 0
-        self._send(r.OK_RSET.fmt(count=len(self._sizes), octets=self._total_octets))
+        self._out.append(r.OK_RSET.fmt_bytes(count=len(self._sizes), octets=self._total_octets))
 
 
 _AUTHORIZATION: dict[str, _Handler] = {

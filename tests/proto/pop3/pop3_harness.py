@@ -35,8 +35,13 @@ class Edge:
         *,
         messages: Sequence[bytes] = MESSAGES,
         uids: Sequence[str] = UIDS,
+        chunk: int | None = None,
     ) -> None:
+        """``chunk``: answer RETR/TOP with ``send_message_part`` in parts of this size, as the
+        asyncio edge streams a blob (``None``: one ``send_message`` with the whole message)."""
         self.conn = ServerConnection(config or ServerConfig(plaintext_allowed=True))
+        self.chunk = chunk
+        self.parts_given = 0  # octets handed to send_message_part (what the edge "read")
         self.greeting = self.conn.data_to_send()
         self.messages = list(messages)
         self.uids = list(uids)
@@ -47,6 +52,7 @@ class Edge:
         self.update_ok = True
         self.vanished: set[str] = set()
         self.tls_pending = False
+        self.written: list[bytes] = []  # output written between the parts of a message
 
     def maildrop(self) -> list[tuple[int, str]]:
         return [(len(m), u) for m, u in zip(self.messages, self.uids, strict=True)]
@@ -59,7 +65,9 @@ class Edge:
         while True:
             event = self.conn.next_event()
             if event is NEED_DATA:
-                return self.conn.data_to_send()
+                out = b"".join(self.written) + self.conn.data_to_send()
+                self.written.clear()
+                return out
             self.events.append(event)
             self.answer(event)
 
@@ -81,12 +89,26 @@ class Edge:
         elif isinstance(event, RetrieveRequested):
             if event.uid in self.vanished:
                 conn.message_vanished()
-            else:
+            elif self.chunk is None:
                 conn.send_message(self.store[event.uid])
+            else:
+                self.stream(self.store[event.uid], self.chunk)
         elif isinstance(event, UpdateRequested):
             conn.update_done(self.update_ok)
         else:
             assert isinstance(event, CloseConnection)
+
+    def stream(self, data: bytes, chunk: int) -> None:
+        """Answer a RetrieveRequested part by part, reading no further once the core is done;
+        between parts the output is collected as the edge writes it."""
+        pos = 0
+        while True:
+            part = data[pos : pos + chunk]
+            pos += len(part)
+            self.parts_given += len(part)
+            if self.conn.send_message_part(part, last=pos >= len(data)):
+                return
+            self.written.append(self.conn.data_to_send())
 
     def handshake(self) -> None:
         """Complete the TLS handshake a successful STLS started."""

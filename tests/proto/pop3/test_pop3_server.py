@@ -582,6 +582,73 @@ def test_top() -> None:
     )
 
 
+def test_retr_in_parts() -> None:
+    """send_message_part streams: +OK and each stuffed part are ready to write at once, the
+    event stays pending until the last part, and the bytes equal one send_message."""
+    edge = logged_in()
+    conn = edge.conn
+    conn.receive_data(b"RETR 2\r\nSTAT\r\n")
+    assert isinstance(conn.next_event(), RetrieveRequested)
+    data = MESSAGES[1]
+    assert data[16:17] == b"."
+    assert conn.send_message_part(data[:16]) is False
+    first = conn.data_to_send()
+    assert first == b"+OK %d octets\r\n" % SIZES[1] + data[:16]  # a "." starts the next part
+    with pytest.raises(Pop3UsageError, match="message data"):
+        conn.next_event()
+    with pytest.raises(Pop3UsageError, match="message data"):
+        conn.message_vanished()
+    assert conn.send_message_part(data[16:40]) is False
+    assert conn.send_message_part(b"") is False  # an empty part in between is harmless
+    assert conn.send_message_part(data[40:], last=True) is True
+    assert conn.next_event() is NEED_DATA
+    rest = conn.data_to_send()
+    assert first + rest == (
+        logged_in().send(b"RETR 2\r\n") + b"+OK 3 %d\r\n" % TOTAL  # the pipelined STAT
+    )
+    with pytest.raises(Pop3UsageError):
+        conn.send_message_part(b"more")
+
+
+def test_top_in_parts_is_done_before_the_end() -> None:
+    edge = logged_in()
+    conn = edge.conn
+    conn.receive_data(b"TOP 3 1\r\n")
+    assert isinstance(conn.next_event(), RetrieveRequested)
+    data = MESSAGES[2]
+    assert conn.send_message_part(data[:10]) is False
+    assert conn.send_message_part(data[10:40]) is True  # "body 1" CRLF is in it
+    assert conn.next_event() is NEED_DATA
+    assert conn.data_to_send() == (
+        b"+OK top of message follows\r\nSubject: three\r\nX-A: b\r\n\r\nbody 1\r\n.\r\n"
+    )
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 13, 1000])
+def test_streamed_session_equals_whole_messages(chunk: int) -> None:
+    script = b"USER alice\r\nPASS secret\r\n" + b"".join(
+        b"RETR %d\r\nTOP %d 0\r\nTOP %d 1\r\nTOP %d 9\r\n" % (n, n, n, n) for n in (1, 2, 3)
+    )
+    whole = Edge()
+    streamed = Edge(chunk=chunk)
+    assert streamed.send(script) == whole.send(script)
+    # TOP n 0 and TOP n 1 stopped reading early, with parts of a few octets
+    if chunk <= 5:
+        assert streamed.parts_given < 3 * sum(SIZES) + 3 * SIZES[2]
+
+
+def test_parts_after_a_timeout_are_ignored() -> None:
+    edge = logged_in()
+    conn = edge.conn
+    conn.receive_data(b"RETR 1\r\n")
+    conn.next_event()
+    assert conn.send_message_part(b"Subject") is False
+    conn.timeout()
+    assert conn.send_message_part(b": one\r\n", last=True) is True
+    assert conn.next_event() == CloseConnection("autologout timer expired")
+    assert conn.data_to_send().endswith(b"-ERR autologout timer expired, closing connection\r\n")
+
+
 def test_message_vanished() -> None:
     edge = logged_in(ServerConfig(plaintext_allowed=True, max_errors=1))
     edge.vanished.add("uid-1")
