@@ -180,6 +180,8 @@ class Limits:
     pop3_idle_timeout: float = _duration(600.0)  # RFC 1939 §3: at least 10 minutes
     pop3_errors: int = 10
     pop3_connections_per_ip: int = 20
+    # every protocol: a peer that takes none of our output for this long is disconnected
+    write_timeout: float = _duration(60.0)
     # HTTP
     http_upload_size: int = 26214400
     # Storage

@@ -345,7 +345,12 @@ async def handle_imap(
     app: App, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: ConnectionInfo
 ) -> None:
     """The listener handler for ``imap`` and ``imaps``."""
-    stream = Stream(reader, writer, implicit_tls=info.implicit_tls)
+    stream = Stream(
+        reader,
+        writer,
+        write_timeout=app.config.limits.write_timeout,
+        implicit_tls=info.implicit_tls,
+    )
     per_ip = app.enter(CONNECTION_GROUP, info.peer_host)
     try:
         if per_ip > app.config.limits.imap_connections_per_ip:

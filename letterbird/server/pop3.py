@@ -26,7 +26,7 @@ Policy decided here, not in the core:
   :data:`CHUNK_SIZE` octets, then doubling up to :data:`MAX_CHUNK_SIZE`. Each range is
   byte-stuffed by the core (``send_message_part``) and written with back-pressure before the
   next is read, so a session holds a few ranges of a message however big it is, and a client
-  that stops reading is disconnected after :data:`WRITE_TIMEOUT` seconds without a write
+  that stops reading is disconnected after ``[limits] write_timeout`` without a write
   going through (the output buffer stays bounded meanwhile). A message of one range (nearly
   all mail) costs one read and one write. Growing ranges keep the number of reads of a big
   message low: on SQLite a range read walks the blob's overflow pages up to its start, and
@@ -103,7 +103,6 @@ __all__ = [
     "ERR_STORAGE",
     "MAX_CHUNK_SIZE",
     "TOP_FIRST_READ",
-    "WRITE_TIMEOUT",
     "Pop3Session",
     "core_config",
     "handle_pop3",
@@ -132,9 +131,6 @@ CHUNK_SIZE = 128 * 1024
 MAX_CHUNK_SIZE = 2 * 1024 * 1024
 #: TOP's first range: the header and the first body lines of most mail.
 TOP_FIRST_READ = 16 * 1024
-#: Seconds a write may wait for the client to read (the output buffer is over its limit)
-#: before the connection is dropped.
-WRITE_TIMEOUT = 60.0
 
 _GREETING = "Letterbird POP3 server ready"
 _MAX_AUTH_LINE = 8192
@@ -553,7 +549,12 @@ async def handle_pop3(
     app: App, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: ConnectionInfo
 ) -> None:
     """The listener handler for ``pop3`` and ``pop3s``."""
-    stream = Stream(reader, writer, write_timeout=WRITE_TIMEOUT, implicit_tls=info.implicit_tls)
+    stream = Stream(
+        reader,
+        writer,
+        write_timeout=app.config.limits.write_timeout,
+        implicit_tls=info.implicit_tls,
+    )
     per_ip = app.enter(CONNECTION_GROUP, info.peer_host)
     try:
         if per_ip > app.config.limits.pop3_connections_per_ip:

@@ -856,7 +856,12 @@ def _handler(policy: Policy) -> Handler:
     ) -> None:
         lim = app.config.limits
         group = policy.connection_group
-        stream = Stream(reader, writer, implicit_tls=info.implicit_tls)
+        stream = Stream(
+            reader,
+            writer,
+            write_timeout=lim.write_timeout,
+            implicit_tls=info.implicit_tls,
+        )
         total = app.connection_count(group)
         per_ip = app.enter(group, info.peer_host)
         try:

@@ -10,6 +10,7 @@ with the stored message and IMAP's ``BODY[]``.
 
 from __future__ import annotations
 
+import dataclasses
 import imaplib
 import itertools
 import logging
@@ -409,7 +410,12 @@ def test_client_that_stops_reading_is_disconnected(
     caplog.set_level(logging.INFO, logger="letterbird")
     chunk = 64 * 1024
     set_ranges(monkeypatch, chunk, chunk)
-    monkeypatch.setattr(pop3_edge, "WRITE_TIMEOUT", 0.5)
+    cfg = server.app.config  # read per connection: this session's write timeout is short
+    monkeypatch.setattr(
+        server.app,
+        "config",
+        dataclasses.replace(cfg, limits=dataclasses.replace(cfg.limits, write_timeout=0.5)),
+    )
     writes: list[int] = []
     buffered: list[int] = []
 
