@@ -34,6 +34,7 @@ __all__ = [
     "StorageSettings",
     "SubmissionSettings",
     "TlsSettings",
+    "WebmailSettings",
     "load_config",
     "parse_duration",
     "parse_hostport",
@@ -284,6 +285,23 @@ class AuthCheckSettings:
 
 
 @dataclass(frozen=True)
+class WebmailSettings:
+    """``[web]``: the webmail on ``[listen] http``/``https`` (request bodies are capped by
+    ``[limits] http_upload_size``, what Send accepts by the SMTP limits)."""
+
+    page_size: int = 50  # messages per list page
+    # How long a login stays valid (absolute, from the login).
+    session_lifetime: float = _duration(24 * 3600.0)
+    max_attachments: int = 50  # per message composed
+    text_display_bytes: int = 2097152  # of one text part shown (the rest is cut)
+    index_mailboxes: int = 64  # folders whose date order is kept in memory
+    search_results: int = 1000  # matches a folder search keeps
+    events_per_account: int = 16  # live-update streams open at once per account
+    heartbeat: float = _duration(20.0)  # keep-alive comment interval on a live-update stream
+    cid_token_lifetime: float = _duration(3600.0)  # how long an inline-image link stays valid
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = field(default_factory=socket.getfqdn)
     data_dir: str = "./letterbird-data"
@@ -301,6 +319,7 @@ class Config:
     submission: SubmissionSettings = field(default_factory=SubmissionSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     auth_checks: AuthCheckSettings = field(default_factory=AuthCheckSettings)
+    web: WebmailSettings = field(default_factory=WebmailSettings)
     # Set by the loader: the folder relative paths are resolved against.
     base_dir: str = field(default=".", metadata={"internal": True})
 
@@ -456,6 +475,16 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("hostname: must not be empty")
     _validate_delivery(cfg.delivery)
     _validate_auth_checks(cfg.auth_checks)
+    _validate_web(cfg.web)
+
+
+def _validate_web(w: WebmailSettings) -> None:
+    for name in ("page_size", "index_mailboxes", "search_results", "events_per_account"):
+        if getattr(w, name) < 1:
+            raise ConfigError(f"web.{name}: must be at least 1")
+    for name in ("session_lifetime", "heartbeat", "cid_token_lifetime"):
+        if getattr(w, name) <= 0:
+            raise ConfigError(f"web.{name}: must be positive")
 
 
 def _validate_auth_checks(a: AuthCheckSettings) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from letterbird.config import ConfigError, load_config, parse_duration, parse_hostport
+from letterbird.http.settings import WebSettings
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -47,6 +48,9 @@ timeout = "3s"
 [limits]
 smtp_message_size = 1000
 smtp_command_timeout = "2m"
+[web]
+page_size = 20
+session_lifetime = "8h"
 """,
     )
     cfg = load_config(p)
@@ -56,6 +60,8 @@ smtp_command_timeout = "2m"
     assert cfg.listen.imap == []
     assert cfg.dns.timeout == 3.0
     assert cfg.limits.smtp_command_timeout == 120.0
+    assert (cfg.web.page_size, cfg.web.session_lifetime) == (20, 8 * 3600.0)
+    assert WebSettings.from_config(cfg).page_size == 20  # what the webmail uses
     assert cfg.resolve_path(cfg.tls.cert) == tmp_path / "c.pem"
 
 
@@ -80,6 +86,9 @@ def test_env_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ("postmaster = 'nobody'", "postmaster"),
         ("listen = 3", "listen"),
         ("pop3_marks_seen = 'yes'", "pop3_marks_seen"),
+        ("[web]\npage_size = 0", "web.page_size"),
+        ("[web]\nsession_lifetime = '0s'", "web.session_lifetime"),
+        ("[web]\nskin = 'dark'", "web.skin"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:

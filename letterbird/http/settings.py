@@ -1,8 +1,8 @@
 """Settings of the webmail, with defaults.
 
-Most come from the server configuration (``limits.http_upload_size`` caps a request body, the
-SMTP limits cap what Send accepts); the rest are web-only knobs with defaults here until the
-configuration file grows a ``[web]`` table.
+All come from the server configuration: ``[web]`` (page size, session lifetime, live-update
+streams, …), ``[limits] http_upload_size`` (a request body) and the SMTP limits (what Send
+accepts). The defaults here are the configuration's, for code that builds settings directly.
 """
 
 from __future__ import annotations
@@ -32,7 +32,17 @@ class WebSettings:
     @classmethod
     def from_config(cls, config: Config) -> WebSettings:
         limits = config.limits
+        web = config.web
         return cls(
+            page_size=web.page_size,
+            session_lifetime=web.session_lifetime,
+            max_attachments=web.max_attachments,
+            text_display_bytes=web.text_display_bytes,
+            index_mailboxes=web.index_mailboxes,
+            search_results=web.search_results,
+            events_per_account=web.events_per_account,
+            heartbeat=web.heartbeat,
+            cid_token_lifetime=web.cid_token_lifetime,
             upload_size=limits.http_upload_size,
             message_size=limits.smtp_message_size,
             max_recipients=limits.smtp_recipients,
