@@ -83,10 +83,15 @@ def snippet_text(
     text = decode_text(decoded, charset, final=not truncated)
     if is_html:
         text = html_to_text(text)
-    elif len(text) > _HEAD_CHARS + limit:
+    else:
         # Collapsing a prefix gives a prefix of the collapsed whole (a word cut at the end is
-        # a prefix of that word), so when it is long enough the rest need not be split.
-        head = " ".join(text[: _HEAD_CHARS + limit].split())
-        if len(head) >= limit:
-            return head[:limit].rstrip()
+        # a prefix of that word), so when it is long enough the rest need not be split. Twice
+        # the limit nearly always is (splitting 1 KB of short words costs more than the rest
+        # of the snippet); then a longer prefix, then the whole text.
+        for size in (2 * limit, _HEAD_CHARS + limit):
+            if len(text) <= size:
+                break
+            head = " ".join(text[:size].split())
+            if len(head) >= limit:
+                return head[:limit].rstrip()
     return " ".join(text.split())[:limit].rstrip()

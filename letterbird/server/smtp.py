@@ -244,18 +244,20 @@ class SmtpSession:
 
     async def _loop(self) -> None:
         core = self.core
+        stream = self.stream
         lim = self.app.config.limits
         while True:
             ev = core.next_event()
             if ev is NEED_DATA:
-                await self.stream.write(core.data_to_send())
+                if stream.send(core.data_to_send()):  # not an await per reply: rarely needed
+                    await stream.drain()
                 if self.stop_requested and self.txn is None:
                     core.shutdown_reply()
                     continue
                 in_data = self.txn is not None and self.txn.spool is not None
                 timeout = lim.smtp_data_timeout if in_data else lim.smtp_command_timeout
                 try:
-                    data = await self.stream.read(timeout)
+                    data = await stream.read(timeout)
                 except TimeoutError:
                     event(log, "smtp.timeout", client=self.info.peer_host)
                     core.timeout_reply()

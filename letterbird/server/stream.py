@@ -91,15 +91,24 @@ class Stream:
         task.cancel()
 
     async def write(self, data: bytes) -> None:
+        if self.send(data):
+            await self.drain()
+
+    def send(self, data: bytes) -> bool:
+        """:meth:`write` without the wait: True when the output buffer is past its bound and
+        the caller must ``await drain()`` before writing more. Saves a coroutine per reply on
+        hot paths, where the buffer is nearly always empty."""
         if not data or self.closed:
-            return
+            return False
         self.writer.write(data)
-        transport = self.writer.transport
-        if transport.get_write_buffer_size() > 65536:
-            try:
-                await asyncio.wait_for(self.writer.drain(), self.write_timeout)
-            except TimeoutError:
-                raise OutputOverflow("peer does not read its responses") from None
+        return self.writer.transport.get_write_buffer_size() > 65536
+
+    async def drain(self) -> None:
+        """Wait until the peer has read enough of our output; OutputOverflow if it does not."""
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.write_timeout)
+        except TimeoutError:
+            raise OutputOverflow("peer does not read its responses") from None
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float = 30.0) -> None:
         await self.writer.drain()

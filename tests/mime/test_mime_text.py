@@ -113,6 +113,24 @@ def test_snippet_text() -> None:
     assert cut == "caf"
 
 
+@settings(deadline=None, max_examples=500)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(st.sampled_from("ab\u00e9"), min_size=1, max_size=30),
+            st.text(st.sampled_from(" \t\r\n"), min_size=1, max_size=700),
+        ),
+        max_size=200,
+    ).map("".join),
+    st.sampled_from([1, 5, 50, 200]),
+)
+def test_snippet_is_the_collapsed_whole_text(text: str, limit: int) -> None:
+    # Only prefixes of the text are split when that is enough: the answer must be the same
+    # as collapsing the whole text (long runs of white space make the prefixes fall short).
+    expected = " ".join(text.split())[:limit].rstrip()
+    assert snippet_text(text.encode(), "8bit", "utf-8", is_html=False, limit=limit) == expected
+
+
 @settings(deadline=None, max_examples=300)
 @given(
     st.binary(max_size=200),

@@ -25,11 +25,26 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 # RFC 3463 §2: status-code = class "." subject "." detail ; class = "2"/"4"/"5";
 # subject = 1*3digit ; detail = 1*3digit
 _ENHANCED_RE = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+@lru_cache(maxsize=256)
+def _check_codes(code: int, enhanced: str | None) -> None:
+    """Raise ValueError unless ``code`` and ``enhanced`` make a valid pair. Cached: a reply
+    built per message (``250 2.0.0 OK: queued as …``) is checked once, not per message (only
+    valid pairs are cached; an exception is never stored)."""
+    if not 200 <= code <= 599:
+        raise ValueError(f"SMTP reply code out of range: {code}")
+    if enhanced is not None:
+        if not _ENHANCED_RE.fullmatch(enhanced):
+            raise ValueError(f"malformed enhanced status code: {enhanced!r}")
+        if int(enhanced[0]) != code // 100:
+            raise ValueError(f"enhanced code {enhanced} does not match {code}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +62,7 @@ class Reply:
     text: str
 
     def __post_init__(self) -> None:
-        if not 200 <= self.code <= 599:
-            raise ValueError(f"SMTP reply code out of range: {self.code}")
-        if self.enhanced is not None:
-            if not _ENHANCED_RE.fullmatch(self.enhanced):
-                raise ValueError(f"malformed enhanced status code: {self.enhanced!r}")
-            if int(self.enhanced[0]) != self.code // 100:
-                raise ValueError(f"enhanced code {self.enhanced} does not match {self.code}")
+        _check_codes(self.code, self.enhanced)
 
     @classmethod
     def multiline(cls, code: int, enhanced: str | None, lines: Sequence[str]) -> Reply:
@@ -91,6 +100,9 @@ def encode(reply: Reply, enhanced_enabled: bool = True) -> bytes:
     clients; the core's own texts are ASCII).
     """
     prefix = f"{reply.enhanced} " if (enhanced_enabled and reply.enhanced) else ""
+    text = reply.text
+    if _CONTROL_RE.search(text) is None:  # one clean line (no "\n"): the usual reply
+        return f"{reply.code} {prefix}{text}\r\n".encode("utf-8", "replace")
     lines = reply.lines
     out: list[str] = []
     last = len(lines) - 1

@@ -224,3 +224,52 @@ def test_never_crashes_on_address_like_text(text: str) -> None:
             parse_forward_path(candidate, utf8=True)
         except AddressError:
             pass
+
+
+def _is_domain_by_labels(text: str) -> bool:
+    """The per-label definition is_domain's all-ASCII regex must agree with."""
+    if not text or len(text.encode("utf-8", "surrogatepass")) > 255:
+        return False
+    for label in text.split("."):
+        if not label or len(label) > 63 or not label.isascii():
+            return False
+        if not (label[0].isalnum() and label[-1].isalnum()):
+            return False
+        if any(not (c.isalnum() or c == "-") for c in label):
+            return False
+    return True
+
+
+_DOMAIN_CHARS = st.sampled_from("aZ09-._\n \u00e9")
+
+
+@given(
+    st.one_of(
+        st.text(_DOMAIN_CHARS, max_size=80),
+        st.lists(
+            st.text(st.sampled_from("ab-9"), min_size=0, max_size=66), min_size=1, max_size=6
+        ).map(".".join),
+    )
+)
+@settings(max_examples=800)
+def test_is_domain_ascii_fast_path_matches_label_rules(text: str) -> None:
+    if text.isascii():
+        assert is_domain(text) == _is_domain_by_labels(text)
+
+
+def test_is_domain_ascii_lengths() -> None:
+    assert is_domain("a" * 63 + ".example")
+    assert not is_domain("a" * 64 + ".example")
+    assert is_domain(".".join(["a" * 63] * 4))  # 255 octets
+    assert not is_domain(".".join(["a" * 63] * 4) + "a")
+    assert not is_domain("example.")
+    assert not is_domain("a..b")
+    assert not is_domain("-a.example")
+    assert not is_domain("a-.example")
+    assert not is_domain("exa mple.test")
+
+
+def test_is_domain_non_ascii_length_in_octets() -> None:
+    label = "é" * 31  # 62 octets in UTF-8
+    assert is_domain(".".join([label] * 4))  # 251 octets
+    assert not is_domain(".".join([label] * 4) + "ééé")  # 257 octets, 130 characters

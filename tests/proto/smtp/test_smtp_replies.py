@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from letterbird.proto.smtp import Reply, encode, replies
 
@@ -55,6 +57,15 @@ def test_invalid_replies_raise(code: int, enhanced: str | None) -> None:
         Reply(code, enhanced, "x")
 
 
+def test_invalid_reply_raises_every_time() -> None:
+    # The code check is cached for valid pairs only: a bad pair is refused again, and a valid
+    # one built many times stays valid.
+    for _ in range(3):
+        with pytest.raises(ValueError):
+            Reply(250, "4.0.0", "x")
+        assert Reply(250, "2.0.0", "x").enhanced == "2.0.0"
+
+
 def test_multiline_needs_lines() -> None:
     with pytest.raises(ValueError):
         Reply.multiline(250, None, [])
@@ -94,3 +105,26 @@ def test_required_constants() -> None:
     for name, (code, enhanced) in expected.items():
         reply = getattr(replies, name)
         assert (reply.code, reply.enhanced) == (code, enhanced), name
+
+
+def _encode_by_lines(reply: Reply, enhanced_enabled: bool) -> bytes:
+    """The general line-by-line form encode's single-line shortcut must agree with."""
+    prefix = f"{reply.enhanced} " if (enhanced_enabled and reply.enhanced) else ""
+    lines = reply.text.split("\n")
+    out = []
+    for index, line in enumerate(lines):
+        clean = "".join("?" if (ord(c) < 32 and c != "\t") or c == "\x7f" else c for c in line)
+        sep = " " if index == len(lines) - 1 else "-"
+        out.append(f"{reply.code}{sep}{prefix}{clean}\r\n")
+    return "".join(out).encode("utf-8", "replace")
+
+
+@settings(max_examples=500)
+@given(
+    st.text(st.sampled_from("ab \t\r\n\x00\x7f\u00e9\ud800"), max_size=12),
+    st.sampled_from([(250, "2.0.0"), (550, None), (451, "4.3.0")]),
+    st.booleans(),
+)
+def test_encode_matches_line_by_line(text: str, codes: tuple[int, str | None], ext: bool) -> None:
+    reply = Reply(codes[0], codes[1], text)
+    assert encode(reply, enhanced_enabled=ext) == _encode_by_lines(reply, ext)
