@@ -8,11 +8,12 @@ import dataclasses
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -210,3 +211,53 @@ class ServerProcess:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def follow_events(client: Any) -> tuple[threading.Thread, list[str]]:
+    """Read the webmail's live-update stream (``GET /events``) of a logged-in ``httpx.Client``
+    in a thread until its first ``data:`` line; returns once the stream is open, with the thread
+    and the list the lines are collected into."""
+    received: list[str] = []
+    opened = threading.Event()
+
+    def listen() -> None:
+        with client.stream("GET", "/events", timeout=30) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for line in r.iter_lines():
+                opened.set()
+                received.append(line)
+                if line.startswith("data:"):
+                    return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    assert opened.wait(10)
+    return thread, received
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
+    """Poll ``predicate`` until it is true; AssertionError after ``timeout`` seconds (an upper
+    bound for a slow machine, never a latency assertion)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+def common_ports(count: int, hosts: tuple[str, str] = ("127.0.0.2", "127.0.0.3")) -> list[int]:
+    """``count`` TCP ports that are free on both loopback ``hosts`` right now (two "hosts" of
+    a test that must listen on the same port numbers)."""
+    found: list[int] = []
+    while len(found) < count:
+        with socket.socket() as a:
+            a.bind((hosts[0], 0))
+            port = a.getsockname()[1]
+            try:
+                with socket.socket() as b:
+                    b.bind((hosts[1], port))
+            except OSError:
+                continue
+        if port not in found:
+            found.append(port)
+    return found

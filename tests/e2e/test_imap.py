@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import pytest
 from conftest import blob_of, sample_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from serverutil import ServerThread, raw_sql, server_config
+from serverutil import ServerThread, raw_sql, server_config, wait_for
 
 from letterbird.config import Config
 from letterbird.imap.fetch import render as fetch_render
@@ -177,14 +177,6 @@ def mailbox_names(srv: ServerThread, address: str = BOB) -> list[str]:
         return [mb.name for mb in await srv.app.storage.list_mailboxes(account.id)]
 
     return srv.call(run())
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.01)
 
 
 class Wire:

@@ -15,17 +15,16 @@ import dataclasses
 import email
 import email.policy
 import smtplib
-import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dkim as dkimpy
 import pytest
 from dnsserver import DnsServer
-from serverutil import ServerThread, server_config
+from serverutil import ServerThread, common_ports, server_config, wait_for
 
 from letterbird.auth.dkim import sign
 from letterbird.auth.keys import KeyStore, key_dir
@@ -39,30 +38,6 @@ ALICE_IP = "127.0.0.2"
 BOB_IP = "127.0.0.3"
 STRANGER_IP = "127.0.0.5"
 PASSWORD = "alice-secret"
-
-
-def common_ports(count: int) -> list[int]:
-    found: list[int] = []
-    while len(found) < count:
-        with socket.socket() as a:
-            a.bind((ALICE_IP, 0))
-            port = a.getsockname()[1]
-            try:
-                with socket.socket() as b:
-                    b.bind((BOB_IP, port))
-            except OSError:
-                continue
-        if port not in found:
-            found.append(port)
-    return found
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.05)
 
 
 class World:

@@ -17,12 +17,12 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import blob_of, sample_message
-from serverutil import ServerThread, raw_sql, server_config
+from serverutil import ServerThread, raw_sql, server_config, wait_for
 
 from letterbird.config import Config
 from letterbird.proto.pop3 import LoginRequested, ServerConnection
@@ -186,13 +186,6 @@ class Raw:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def lock_free(srv: ServerThread, address: str = BOB) -> bool:

@@ -16,14 +16,13 @@ import itertools
 import logging
 import poplib
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import blob_of
-from serverutil import ServerThread, server_config
+from serverutil import ServerThread, server_config, wait_for
 
 import letterbird.server.pop3 as pop3_edge
 from letterbird.proto.pop3 import stuff_and_terminate
@@ -77,13 +76,6 @@ def lock_free(srv: ServerThread) -> bool:
             return True
 
     return srv.call(probe())
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 class BlobReads:

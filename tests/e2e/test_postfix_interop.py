@@ -8,12 +8,10 @@ import dataclasses
 import os
 import shutil
 import smtplib
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from serverutil import ServerThread, server_config
+from serverutil import ServerThread, server_config, wait_for
 
 from letterbird.config import DeliverySettings
 
@@ -27,15 +25,6 @@ pytestmark = [
 ]
 
 from bench.peers import peer_workdir, postfix_mx, postfix_relay  # noqa: E402
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
 
 MESSAGE = (
     "From: Alice <alice@alice.test>\r\nTo: <bob@bob.test>\r\nSubject: Grüße via Postfix\r\n"

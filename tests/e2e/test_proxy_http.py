@@ -23,7 +23,7 @@ from pathlib import Path
 import httpcore
 import httpx
 import pytest
-from serverutil import ServerThread, server_config
+from serverutil import ServerThread, follow_events, server_config
 
 from letterbird.config import ProxySettings
 from letterbird.proto.proxy import encode_v1, encode_v2
@@ -304,21 +304,7 @@ def test_live_updates_through_the_balancer_and_a_clean_stop(proxied: ServerThrea
         page = ann.get("/compose")
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
         assert csrf is not None
-        received: list[str] = []
-        opened = threading.Event()
-
-        def listen() -> None:
-            with ben.stream("GET", "/events", timeout=30) as r:
-                assert r.headers["content-type"].startswith("text/event-stream")
-                for line in r.iter_lines():
-                    opened.set()
-                    received.append(line)
-                    if line.startswith("data:"):
-                        return
-
-        t = threading.Thread(target=listen, daemon=True)
-        t.start()
-        assert opened.wait(10)
+        t, received = follow_events(ben)
         web = proxied.app.services["http"].asgi.state.web
         deadline = time.monotonic() + 10
         while not web.events_open:

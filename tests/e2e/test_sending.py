@@ -20,7 +20,6 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,15 @@ import imapclient
 import pytest
 from click.testing import CliRunner
 from dnsserver import DnsServer
-from serverutil import ServerProcess, ServerThread, server_config, storage_toml, write_config
+from serverutil import (
+    ServerProcess,
+    ServerThread,
+    common_ports,
+    server_config,
+    storage_toml,
+    wait_for,
+    write_config,
+)
 
 from letterbird.cli.main import cli
 from letterbird.config import Config, DeliverySettings, DnsSettings
@@ -39,31 +46,6 @@ pytestmark = pytest.mark.e2e
 ALICE_IP = "127.0.0.2"
 BOB_IP = "127.0.0.3"
 PASSWORD = "alice-secret"
-
-
-def common_ports(count: int) -> list[int]:
-    """``count`` TCP ports that are free on both 127.0.0.2 and 127.0.0.3 right now."""
-    found: list[int] = []
-    while len(found) < count:
-        with socket.socket() as a:
-            a.bind((ALICE_IP, 0))
-            port = a.getsockname()[1]
-            try:
-                with socket.socket() as b:
-                    b.bind((BOB_IP, port))
-            except OSError:
-                continue
-        if port not in found:
-            found.append(port)
-    return found
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.05)
 
 
 class Pair:

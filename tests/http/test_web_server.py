@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverutil import ServerThread, server_config
+from serverutil import ServerThread, follow_events, server_config
 
 from letterbird.http.settings import WebSettings
 from letterbird.server.supervisor import StartupError, start_server
@@ -58,21 +58,7 @@ def test_http_and_https_listeners_live_updates_and_stop(tmp_path: Path) -> None:
         ):
             csrf = login(ann, "ann@example.test")
             login(ben, "ben@example.test")
-            received: list[str] = []
-            opened = threading.Event()
-
-            def listen() -> None:
-                with ben.stream("GET", "/events", timeout=30) as r:
-                    assert r.headers["content-type"].startswith("text/event-stream")
-                    for line in r.iter_lines():
-                        opened.set()
-                        received.append(line)
-                        if line.startswith("data:"):
-                            return
-
-            t = threading.Thread(target=listen, daemon=True)
-            t.start()
-            assert opened.wait(10)
+            t, received = follow_events(ben)
             web = srv.app.services["http"].asgi.state.web
             deadline = time.monotonic() + 5
             while not web.events_open and time.monotonic() < deadline:
