@@ -4,6 +4,13 @@ Backends publish one :class:`ChangeEvent` per committed change; IMAP IDLE, POP3,
 later JMAP subscribe per account. Publishing is thread-safe (the SQLite writer thread publishes
 through the event loop) and never blocks: a subscriber that falls too far behind is marked
 ``overflowed`` and must resync from its last modseq, exactly as after a cross-node reconnect.
+
+Events also cross process boundaries (PostgreSQL LISTEN/NOTIFY between nodes,
+:mod:`letterbird.server.relay` between the workers of one machine): :meth:`ChangeBus.publish`
+takes the events this process committed and hands them to the optional ``forward`` hook as
+well, :meth:`ChangeBus.publish_remote` delivers events another process committed (never
+forwarded again), and :meth:`ChangeBus.resync_all` tells every subscriber that events may have
+been lost on the way (the :data:`RESYNC_MAILBOX` marker).
 """
 
 from __future__ import annotations
@@ -11,9 +18,12 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["ChangeBus", "ChangeEvent", "ChangeKind", "Subscription"]
+__all__ = ["RESYNC_MAILBOX", "ChangeBus", "ChangeEvent", "ChangeKind", "Forward", "Subscription"]
+
+RESYNC_MAILBOX = 0  # mailbox_id of the marker event that wakes subscribers to resync
 
 
 class ChangeKind(enum.Enum):
@@ -74,11 +84,17 @@ class Subscription:
         self.close()
 
 
+Forward = Callable[[list[ChangeEvent]], None]
+
+
 class ChangeBus:
     def __init__(self, queue_size: int = 10000) -> None:
         self._subs: dict[int, set[Subscription]] = defaultdict(set)
         self._queue_size = queue_size
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Called (on the loop thread, must not raise or block) with every batch this process
+        # publishes, to carry it to other processes (letterbird.server.relay sets it).
+        self.forward: Forward | None = None
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -98,10 +114,26 @@ class ChangeBus:
                 del self._subs[sub.account_id]
 
     def publish(self, events: list[ChangeEvent]) -> None:
-        """Deliver events to subscribers; must run on the bus's event loop thread."""
+        """Deliver events this process committed to subscribers, and hand them to ``forward``;
+        must run on the bus's event loop thread."""
+        self.publish_remote(events)
+        forward = self.forward
+        if forward is not None and events:
+            forward(events)
+
+    def publish_remote(self, events: list[ChangeEvent]) -> None:
+        """Deliver events another process committed: local subscribers only, never forwarded;
+        must run on the bus's event loop thread."""
         for ev in events:
             for sub in tuple(self._subs.get(ev.account_id, ())):
                 sub._put(ev)
+
+    def resync_all(self) -> None:
+        """Tell every subscriber that events may have been lost: resync from the last modseq."""
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub.overflowed = True
+                sub._put(ChangeEvent(sub.account_id, RESYNC_MAILBOX, ChangeKind.MAILBOX, (), 0))
 
     def publish_threadsafe(self, events: list[ChangeEvent]) -> None:
         """Publish from another thread (the SQLite writer)."""

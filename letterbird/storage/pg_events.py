@@ -26,14 +26,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from letterbird.logs import event
-from letterbird.storage.events import ChangeBus, ChangeEvent, ChangeKind
+from letterbird.storage.events import RESYNC_MAILBOX, ChangeBus, ChangeEvent, ChangeKind
 
 __all__ = ["MAX_PAYLOAD", "RESYNC_MAILBOX", "PgChangeBus", "decode_payload", "encode_events"]
 
 log = logging.getLogger("letterbird.storage")
 
 MAX_PAYLOAD = 7900  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
-RESYNC_MAILBOX = 0  # mailbox_id of the marker event sent after a listener reconnect
 
 _KIND_CODE = {
     ChangeKind.APPEND: "a",
@@ -203,11 +202,4 @@ class PgChangeBus(ChangeBus):
         if node == self.node:
             return
         self.received += len(events)
-        self.publish(events)
-
-    def resync_all(self) -> None:
-        """Tell every subscriber that events may have been lost: resync from the last modseq."""
-        for subs in list(self._subs.values()):
-            for sub in list(subs):
-                sub.overflowed = True
-                sub._put(ChangeEvent(sub.account_id, RESYNC_MAILBOX, ChangeKind.MAILBOX, (), 0))
+        self.publish_remote(events)
