@@ -14,9 +14,12 @@ Three pieces the SMTP edge uses on the ``submission``/``submissions`` ports:
   identities. The body is passed on untouched, chunk by chunk, so a 50 MB message never sits in
   memory. Input is the SMTP core's normalised message text (CRLF line ends).
 * :class:`SendingLimits` — messages and recipients per account over a sliding hour. Counts
-  live **in this process's memory**: each node of a cluster counts on its own, and a restart
-  forgets them. That is the usual trade (Postfix's anvil does the same); a shared counter
-  would cost a storage round trip per RCPT.
+  live **in this process, or across the worker processes of one machine**
+  (:class:`~letterbird.server.shared_state.SharedSendingLimits`, in the workers' shared-memory
+  segment); each node of a cluster counts on its own, and a restart forgets them. That is the
+  usual trade (Postfix's anvil does the same); a cluster-wide counter would cost a storage
+  round trip per RCPT. Both keep the API of :class:`BaseSendingLimits`, which holds the limits
+  and the checks made against the counts.
 
 A header section that does not end with a blank line before a line that is not a header field
 (say, text typed straight after the fields) is closed there: the blank line is inserted, as
@@ -28,6 +31,7 @@ from __future__ import annotations
 import email.utils
 import re
 import secrets
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +41,7 @@ from letterbird.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_addre
 
 __all__ = [
     "DEFAULT_MAX_HEADER_SIZE",
+    "BaseSendingLimits",
     "HeaderFixer",
     "Identities",
     "SendingLimits",
@@ -244,13 +249,14 @@ class HeaderFixer:
             self.from_addresses.append(f"{address.mailbox}@{address.host}")
 
 
-class SendingLimits:
-    """Messages and recipients per account over a sliding window (one hour by default).
+class BaseSendingLimits(ABC):
+    """Messages and recipients per account over a sliding window (one hour by default): the
+    limits and the checks made at MAIL and RCPT. Subclasses keep the counts (:meth:`usage`,
+    :meth:`record`): :class:`SendingLimits` in this process, ``SharedSendingLimits`` across the
+    workers of one machine. ``0`` disables a limit; when both are 0 nothing is recorded.
 
-    In memory, per process (see the module docstring). ``0`` disables a limit. Memory is
-    bounded: one entry per message sent within the window per account, capped by the message
-    limit, or by the recipient limit (every message has a recipient) when only that one is
-    set; nothing is recorded when both are 0.
+    A check and the later :meth:`record` are separate steps: sessions sending at the same time
+    may each pass the check and together exceed a limit by the messages in flight.
     """
 
     def __init__(self, max_messages: int, max_recipients: int, *, window: float = 3600.0) -> None:
@@ -259,6 +265,42 @@ class SendingLimits:
         self.max_messages = max_messages
         self.max_recipients = max_recipients
         self.window = window
+
+    @property
+    def counting(self) -> bool:
+        """Is any limit set (else :meth:`record` keeps nothing)?"""
+        return bool(self.max_messages or self.max_recipients)
+
+    @abstractmethod
+    def usage(self, account_id: int, now: float) -> tuple[int, int]:
+        """(messages, recipients) sent by the account within the window."""
+
+    @abstractmethod
+    def record(self, account_id: int, recipients: int, now: float) -> None:
+        """Count one accepted message with ``recipients`` recipients."""
+
+    def message_allowed(self, account_id: int, now: float) -> bool:
+        """May the account start another message (checked at MAIL)?"""
+        return not self.max_messages or self.usage(account_id, now)[0] < self.max_messages
+
+    def recipient_allowed(self, account_id: int, pending: int, now: float) -> bool:
+        """May the account add one more recipient, ``pending`` being already accepted in the
+        current transaction (checked at RCPT)?"""
+        if not self.max_recipients:
+            return True
+        return self.usage(account_id, now)[1] + pending < self.max_recipients
+
+
+class SendingLimits(BaseSendingLimits):
+    """:class:`BaseSendingLimits` counted in this process's memory (see the module docstring).
+
+    Exact to the second. Memory is bounded: one entry per message sent within the window per
+    account, capped by the message limit, or by the recipient limit (every message has a
+    recipient) when only that one is set; nothing is recorded when both are 0.
+    """
+
+    def __init__(self, max_messages: int, max_recipients: int, *, window: float = 3600.0) -> None:
+        super().__init__(max_messages, max_recipients, window=window)
         self._sent: dict[int, deque[tuple[float, int]]] = {}
         self._recipients: dict[int, int] = {}
 
@@ -277,26 +319,13 @@ class SendingLimits:
         return sent
 
     def usage(self, account_id: int, now: float) -> tuple[int, int]:
-        """(messages, recipients) sent by the account within the window."""
         sent = self._prune(account_id, now)
         if sent is None:
             return 0, 0
         return len(sent), self._recipients[account_id]
 
-    def message_allowed(self, account_id: int, now: float) -> bool:
-        """May the account start another message (checked at MAIL)?"""
-        return not self.max_messages or self.usage(account_id, now)[0] < self.max_messages
-
-    def recipient_allowed(self, account_id: int, pending: int, now: float) -> bool:
-        """May the account add one more recipient, ``pending`` being already accepted in the
-        current transaction (checked at RCPT)?"""
-        if not self.max_recipients:
-            return True
-        return self.usage(account_id, now)[1] + pending < self.max_recipients
-
     def record(self, account_id: int, recipients: int, now: float) -> None:
-        """Count one accepted message with ``recipients`` recipients."""
-        if not (self.max_messages or self.max_recipients):
+        if not self.counting:
             return
         self._prune(account_id, now)
         self._sent.setdefault(account_id, deque()).append((now, recipients))

@@ -31,7 +31,7 @@ from email.message import EmailMessage
 
 from letterbird.auth.service import SignRequest, finish_message
 from letterbird.delivery.queue.service import new_queue_id
-from letterbird.delivery.submission import HeaderFixer, Identities, SendingLimits
+from letterbird.delivery.submission import BaseSendingLimits, HeaderFixer, Identities, SendingLimits
 from letterbird.directory.addresses import InvalidAddress, parse_address
 from letterbird.mime import parse_message
 from letterbird.mime.address import MISSING_DOMAIN, MISSING_MAILBOX, parse_addresses
@@ -199,11 +199,13 @@ async def _signed_blob(app: App, data: bytes, sender: str, queue_id: str) -> Blo
     return done.blob
 
 
-def sending_limits(app: App) -> SendingLimits:
+def sending_limits(app: App) -> BaseSendingLimits:
     limits = app.services.get(LIMITS_SERVICE)
-    if not isinstance(limits, SendingLimits):
+    if not isinstance(limits, BaseSendingLimits):
         settings = app.config.submission
-        limits = SendingLimits(settings.max_messages_per_hour, settings.max_recipients_per_hour)
+        caps = (settings.max_messages_per_hour, settings.max_recipients_per_hour)
+        shared = app.shared  # with workers: counted across them
+        limits = SendingLimits(*caps) if shared is None else shared.sending_limits(*caps)
         app.services[LIMITS_SERVICE] = limits
     return limits
 

@@ -302,7 +302,10 @@ def capabilities(*, tls: bool, plaintext_ok: bool, authenticated: bool) -> list[
 
 
 def recent_tracker(app: App) -> RecentTracker:
-    """The process-wide ``\\Recent`` tracker (created on first use)."""
+    """The process-wide ``\\Recent`` tracker (created on first use), or the machine-wide one
+    in shared memory when the server runs several worker processes."""
+    if app.shared is not None:
+        return app.shared.recent
     tracker = app.services.get(RECENT_SERVICE)
     if not isinstance(tracker, RecentTracker):
         tracker = RecentTracker()

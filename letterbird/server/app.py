@@ -23,6 +23,8 @@ from letterbird.storage.interface import Storage
 
 if TYPE_CHECKING:
     from letterbird.delivery.queue.service import QueueService
+    from letterbird.server.relay import RelayLink
+    from letterbird.server.shared_state import SharedState
 
 log = logging.getLogger("letterbird.server")
 
@@ -72,18 +74,33 @@ class App:
     per_ip: dict[tuple[str, str], int] = field(default_factory=dict)
     services: dict[str, object] = field(default_factory=dict)
     stop_callbacks: set[Callable[[], None]] = field(default_factory=set)
-    # The outgoing queue (started by the supervisor after the listeners).
+    # The outgoing queue (started by the supervisor after the listeners; under a master only
+    # worker 0 runs it, the others route reports through it and wake worker 0).
     queue: QueueService | None = None
+    # Under a master (letterbird.server.workers): this worker's index and its link to the
+    # others (changes and queue wake-ups).
+    worker: int | None = None
+    relay: RelayLink | None = None
+    # Connection counts and \Recent claims shared by the workers of this machine (set in a
+    # worker; None in a single-process server, which keeps them in per_ip and services).
+    shared: SharedState | None = None
 
     def connection_count(self, protocol_group: str) -> int:
+        if self.shared is not None:
+            return self.shared.connection_count(protocol_group)
         return sum(n for (g, _), n in self.per_ip.items() if g == protocol_group)
 
     def enter(self, group: str, host: str) -> int:
+        if self.shared is not None:
+            return self.shared.enter(group, host)
         key = (group, host)
         self.per_ip[key] = self.per_ip.get(key, 0) + 1
         return self.per_ip[key]
 
     def leave(self, group: str, host: str) -> None:
+        if self.shared is not None:
+            self.shared.leave(group, host)
+            return
         key = (group, host)
         n = self.per_ip.get(key, 0) - 1
         if n <= 0:

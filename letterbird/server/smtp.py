@@ -52,7 +52,7 @@ from letterbird.delivery.dsn import DsnRecipient, build_dsn
 from letterbird.delivery.queue.service import new_queue_id
 from letterbird.delivery.spool import Spool
 from letterbird.delivery.srs import Srs, SrsError, is_srs_address, load_secret
-from letterbird.delivery.submission import HeaderFixer, Identities, SendingLimits
+from letterbird.delivery.submission import BaseSendingLimits, HeaderFixer, Identities, SendingLimits
 from letterbird.directory.addresses import InvalidAddress, normalise_domain
 from letterbird.directory.service import AuthOutcome, is_loopback
 from letterbird.logs import event
@@ -307,11 +307,13 @@ class SmtpSession:
             self.app.services[SRS_SERVICE] = srs
         return srs
 
-    def _limits(self) -> SendingLimits:
+    def _limits(self) -> BaseSendingLimits:
         limits = self.app.services.get(LIMITS_SERVICE)
-        if not isinstance(limits, SendingLimits):
+        if not isinstance(limits, BaseSendingLimits):
             settings = self.app.config.submission
-            limits = SendingLimits(settings.max_messages_per_hour, settings.max_recipients_per_hour)
+            caps = (settings.max_messages_per_hour, settings.max_recipients_per_hour)
+            shared = self.app.shared  # with workers: counted across them
+            limits = SendingLimits(*caps) if shared is None else shared.sending_limits(*caps)
             self.app.services[LIMITS_SERVICE] = limits
         return limits
 
