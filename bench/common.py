@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.peers import peak_rss_kb
+from bench.peers import PeerError, peak_rss_kb
 
 __all__ = ["LetterbirdProcess", "letterbird", "peak_rss_kb", "pg_schema", "print_table"]
 
@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 BASE_CONFIG = """
 hostname = "mx.bench.test"
 data_dir = "{data}"
+workers = {workers}
 [listen]
 smtp = {smtp}
 submission = {submission}
@@ -107,7 +108,9 @@ class LetterbirdProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("letterbird exited:\n" + "\n".join(self.log))
-            if all(_port_open(h, p) for h, p in wanted.values()):
+            # the pid file is written once every worker process serves
+            ready = (self.workdir / "data" / "letterbird.pid").exists()
+            if ready and all(_port_open(h, p) for h, p in wanted.values()):
                 self.bound = wanted
                 return
             time.sleep(0.1)
@@ -122,8 +125,20 @@ class LetterbirdProcess:
                 found[key] = (m.group(1), int(m.group(2)))
         return found
 
+    def pids(self) -> list[int]:
+        """The server's processes: the ``letterbird serve`` process and, with ``workers``,
+        its worker processes (its live children)."""
+        return [self.pid, *_children(self.pid)]
+
     def peak_rss_kb(self) -> int:
-        return peak_rss_kb(self.pid)
+        """Peak RSS summed over the server's processes (one process: its own peak)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                total += peak_rss_kb(pid)
+            except (ProcessLookupError, PeerError):
+                pass
+        return total
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -133,6 +148,14 @@ class LetterbirdProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -151,8 +174,10 @@ def letterbird(
     imap: bool = False,
     pop3: bool = False,
     extra: str = "",
+    workers: int = 0,
 ) -> Iterator[LetterbirdProcess]:
-    """A Letterbird server process on free loopback ports, with its data in a temp dir."""
+    """A Letterbird server process on free loopback ports, with its data in a temp dir
+    (``workers``: serving processes, 0 = one per CPU core)."""
     from bench.peers import free_port
 
     work = Path(tempfile.mkdtemp(prefix="letterbird-bench-"))
@@ -167,6 +192,7 @@ def letterbird(
             submission=listen(submission),
             imap=listen(imap),
             pop3=listen(pop3),
+            workers=workers,
         )
         + extra
     )

@@ -624,6 +624,7 @@ class Workload:
     idle_sessions: int
     big: int
     only: set[str]
+    workers: int = 0  # Letterbird's serving processes (0: one per CPU core)
 
     @property
     def sizes(self) -> dict[int, int]:
@@ -666,11 +667,16 @@ def letterbird_target(w: Workload) -> Iterator[Target]:
     if "idle" in w.only:
         accounts.update({u: w.messages[:10] for u in idle_users})
     big_user = f"big@{DOMAIN}"
-    with letterbird(imap=True, extra=CHEAP_AUTH) as lb:
+    with letterbird(imap=True, extra=CHEAP_AUTH, workers=w.workers) as lb:
         t0 = time.perf_counter()
         asyncio.run(populate_letterbird(lb.config, accounts))
         figures.notes.append(f"populated in {time.perf_counter() - t0:.1f} s")
-        figures.idle_note = "RSS of the one process"
+        processes = len(lb.pids())
+        if processes > 1:
+            figures.notes.append(f"{processes - 1} worker processes + master")
+            figures.idle_note = "PSS summed over the master and worker processes"
+        else:
+            figures.idle_note = "RSS of the one process"
 
         def store_big() -> str:
             t0 = time.perf_counter()
@@ -683,8 +689,10 @@ def letterbird_target(w: Workload) -> Iterator[Target]:
             users,
             idle_users,
             big_user,
-            cpu=lambda: _cpu_seconds(lb.pid),
-            memory=lambda: _status_kb(lb.pid, "VmRSS"),
+            cpu=lambda: sum(_cpu_seconds(p) for p in lb.pids()),
+            memory=lambda: (
+                sum(_pss_kb(p) for p in lb.pids()) if processes > 1 else _status_kb(lb.pid, "VmRSS")
+            ),
             prepare_idle=lambda: None,
             store_big=store_big,
         )
@@ -741,7 +749,9 @@ def letterbird_pg_target(w: Workload, url: str, nodes: int) -> Iterator[Target]:
         schema = f"lb_bench_imap_{os.getpid()}_{nodes}"
         schema_url = stack.enter_context(pg_schema(url, schema))
         extra = CHEAP_AUTH + f'\n[storage]\nurl = "{schema_url}"\n'
-        lbs = [stack.enter_context(letterbird(imap=True, extra=extra)) for _ in range(nodes)]
+        lbs = [
+            stack.enter_context(letterbird(imap=True, extra=extra, workers=1)) for _ in range(nodes)
+        ]
         t0 = time.perf_counter()
         asyncio.run(populate_letterbird(lbs[0].config, {u: w.messages for u in users}))
         figures.notes.append(
@@ -977,6 +987,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--only", default="mix,reconnect,idle,big", help="comma-separated measurements"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Letterbird's serving processes (0, the default: one per CPU core)",
+    )
     parser.add_argument("--no-dovecot", action="store_true", help="only run Letterbird")
     parser.add_argument("--no-letterbird", action="store_true", help="only run Dovecot")
     parser.add_argument(
@@ -991,7 +1007,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown measurement(s): {', '.join(sorted(unknown))}")
     w = Workload(
-        args.clients, make_messages(args.messages), args.seconds, args.idle, args.big, only
+        args.clients,
+        make_messages(args.messages),
+        args.seconds,
+        args.idle,
+        args.big,
+        only,
+        args.workers,
     )
     _raise_fd_limit(args.idle * 4 + 1000)
     servers: list[ServerFigures] = []

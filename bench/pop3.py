@@ -257,9 +257,9 @@ def bench_letterbird(
     users = [f"user{i}@{DOMAIN}" for i in range(clients)]
     with letterbird(pop3=True, extra=CHEAP_AUTH) as lb:
         asyncio.run(populate_letterbird(lb.config, users, messages))
-        cpu_before = _cpu_seconds(lb.pid)
+        cpu_before = sum(_cpu_seconds(p) for p in lb.pids())
         result = measure(pool, lb.address("pop3"), users, expected, rounds)
-        cpu = (_cpu_seconds(lb.pid) - cpu_before) / (rounds + 1)
+        cpu = (sum(_cpu_seconds(p) for p in lb.pids()) - cpu_before) / (rounds + 1)
         rss = lb.peak_rss_kb()
     note = f"peak RSS {rss / 1024:.1f} MiB, server CPU {cpu:.2f} s/round"
     return row("letterbird", result, note)

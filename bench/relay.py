@@ -131,7 +131,7 @@ def run(messages: int, sessions: int, size: int, concurrency: int, timeout: floa
         with letterbird(submission=True, extra=extra) as lb:
             lb.admin("domain", "add", "bench.test")
             lb.admin("user", "add", SENDER, "--password-stdin", stdin=PASSWORD + "\n")
-            cpu = cpu_seconds([lb.pid])
+            cpu = cpu_seconds(lb.pids())
             submitted, total = measure(
                 "letterbird",
                 lb.address("submission"),
@@ -142,7 +142,7 @@ def run(messages: int, sessions: int, size: int, concurrency: int, timeout: floa
                 (SENDER, PASSWORD),
                 timeout,
             )
-            cpu = cpu_seconds([lb.pid]) - cpu
+            cpu = cpu_seconds(lb.pids()) - cpu
             rss = lb.peak_rss_kb()
             queue_left = lb.admin("queue", "list").strip()
             rates["letterbird"] = messages / total

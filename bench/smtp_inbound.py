@@ -67,7 +67,10 @@ def _letterbird_pg(
     extra = f'\n[storage]\nurl = "{schema_url}"\n'
     try:
         with contextlib.ExitStack() as stack:
-            lbs = [stack.enter_context(letterbird(smtp=True, extra=extra)) for _ in range(nodes)]
+            lbs = [
+                stack.enter_context(letterbird(smtp=True, extra=extra, workers=1))
+                for _ in range(nodes)
+            ]
             lbs[0].admin("domain", "add", "example.test")
             lbs[0].admin("user", "add", "bob@example.test", "--password-stdin", stdin="bench-pw\n")
             times: list[float] = []
@@ -114,14 +117,17 @@ def _letterbird_pg(
         asyncio.run(drop())
 
 
-def run(messages: int, sessions: int, size: int, storage_url: str | None = None) -> None:
+def run(
+    messages: int, sessions: int, size: int, storage_url: str | None = None, workers: int = 0
+) -> None:
     results: dict[str, float] = {}
     rows: list[tuple[str, ...]] = [("server", "msgs/s", "seconds", "CPU/msg", "note")]
 
-    with letterbird(smtp=True) as lb:
+    with letterbird(smtp=True, workers=workers) as lb:
         lb.admin("domain", "add", "example.test")
         lb.admin("user", "add", "bob@example.test", "--password-stdin", stdin="bench-pw\n")
-        cpu = cpu_seconds([lb.pid])
+        processes = lb.pids()
+        cpu = cpu_seconds(processes)
         elapsed = smtp_source(
             lb.address("smtp"),
             sessions=sessions,
@@ -130,9 +136,10 @@ def run(messages: int, sessions: int, size: int, storage_url: str | None = None)
             recipient="bob@example.test",
             reuse_connection=True,
         )
-        cpu = cpu_seconds([lb.pid]) - cpu
+        cpu = cpu_seconds(processes) - cpu
         stored = lb.admin("mailbox", "list", "bob@example.test").splitlines()[0].split()[1]
         rss = lb.peak_rss_kb()
+        shape = f"{len(processes) - 1} workers, " if len(processes) > 1 else ""
         results["letterbird"] = messages / elapsed
         rows.append(
             (
@@ -140,7 +147,7 @@ def run(messages: int, sessions: int, size: int, storage_url: str | None = None)
                 f"{messages / elapsed:.0f}",
                 f"{elapsed:.2f}",
                 _per_message(cpu, messages),
-                f"stored={stored} peak RSS={rss / 1024:.1f} MiB",
+                f"{shape}stored={stored} peak RSS={rss / 1024:.1f} MiB",
             )
         )
 
@@ -216,8 +223,14 @@ def main() -> None:
         "--storage-url",
         help="also run Letterbird on this PostgreSQL database, with one node and two nodes",
     )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Letterbird's serving processes (0, the default: one per CPU core)",
+    )
     args = ap.parse_args()
-    run(args.messages, args.sessions, args.size, args.storage_url)
+    run(args.messages, args.sessions, args.size, args.storage_url, args.workers)
 
 
 if __name__ == "__main__":

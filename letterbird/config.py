@@ -308,6 +308,8 @@ class Config:
     postmaster: str = ""  # empty: the first account created receives postmaster@ mail
     recipient_delimiter: str = "+"
     pop3_marks_seen: bool = True
+    # Serving processes on this machine (letterbird.server.workers): 0 = one per CPU core.
+    workers: int = 0
     storage: StorageSettings = field(default_factory=StorageSettings)
     listen: ListenSettings = field(default_factory=ListenSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)

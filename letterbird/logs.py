@@ -27,10 +27,13 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
         logger.log(level, " ".join(parts))
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", *, tag: str = "") -> None:
+    """Log lines to stderr; ``tag`` (a worker process's name, e.g. ``w1``) follows the
+    logger's name so the lines of several serving processes can be told apart."""
     handler = logging.StreamHandler(sys.stderr)
+    name = f"%(name)s[{tag}]" if tag else "%(name)s"
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        logging.Formatter(f"%(asctime)s %(levelname)s {name}: %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -379,9 +379,10 @@ class Directory:
             running.add_done_callback(lambda _: self._verifying.pop(key, None))
         return await asyncio.shield(running)
 
-    # Failed logins are counted in the storage when it offers shared counters (PostgreSQL:
-    # every node sees every failure, on the database clock), else in this process (SQLite:
-    # one process serves the database).
+    # Failed logins are counted in the storage, on the database clock, so every process and
+    # node serving it sees every failure (SQLite: every process that opens the database file;
+    # PostgreSQL: every node). The log in this process (``_failures``, on ``clock``) is only
+    # for a storage that lacks the ``auth_failure_*`` methods.
     async def _blocked(self, keys: tuple[str, ...], now: float, lockout: float) -> bool:
         shared = getattr(self.storage, "auth_failure_status", None)
         if shared is None:

@@ -58,11 +58,15 @@ class HttpService:
             self.asgi = create_app(self.app)
         return self.asgi
 
-    async def listen(self, key: str, host: str, port: int) -> list[tuple[str, int]]:
+    async def listen(
+        self, key: str, host: str, port: int, sock: socket.socket | None = None
+    ) -> list[tuple[str, int]]:
+        """Serve on ``host:port``, or on the listening socket ``sock`` (a worker's)."""
         # the session secret shared by every node: made or read now, so a damaged one stops
         # the start rather than the first login
         await self.asgi_app().state.web.sessions.start()
-        sock = _bind(host, port)
+        if sock is None:
+            sock = _bind(host, port)
         ssl_factory: Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]
         ssl_factory = lambda _cfg, _default: self.app.tls.context  # noqa: E731
         http: type[asyncio.Protocol] | str = "auto"
@@ -134,11 +138,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def start_listener(app: App, key: str, host: str, port: int) -> list[tuple[str, int]]:
+async def start_listener(
+    app: App, key: str, host: str, port: int, sock: socket.socket | None = None
+) -> list[tuple[str, int]]:
     """The supervisor's hook (``SERVICE_LISTENERS``): serve the webmail on ``host:port``."""
     service = app.services.get(SERVICE_KEY)
     if not isinstance(service, HttpService):
         service = HttpService(app)
         app.services[SERVICE_KEY] = service
         app.stop_callbacks.add(service.stop_soon)
-    return await service.listen(key, host, port)
+    return await service.listen(key, host, port, sock)

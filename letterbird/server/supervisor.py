@@ -14,9 +14,11 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from letterbird.config import Config, parse_hostport
 from letterbird.delivery.dns import Resolver
@@ -26,6 +28,9 @@ from letterbird.logs import event
 from letterbird.server.app import PROTOCOLS, App, ProtocolSpec
 from letterbird.server.tls import TlsManager
 from letterbird.storage import open_storage_for
+
+if TYPE_CHECKING:
+    from letterbird.server.shared_state import SharedState
 
 log = logging.getLogger("letterbird.server")
 
@@ -51,6 +56,18 @@ __all__ = ["Running", "pid_file_path", "run_server", "start_server"]
 
 class StartupError(Exception):
     pass
+
+
+@dataclass
+class WorkerContext:
+    """How a worker process under a master serves (letterbird.server.workers): on the
+    listening sockets it inherited, with the machine-wide state the master shares."""
+
+    index: int
+    sockets: dict[str, list[socket.socket]]  # [listen] key -> listening sockets
+    shared: SharedState
+    relay_sock: socket.socket
+    run_queue: bool
 
 
 @dataclass
@@ -82,6 +99,8 @@ class Running:
             close = getattr(svc, "aclose", None)
             if close is not None:
                 await close()
+        if self.app.relay is not None:
+            await self.app.relay.aclose()
         await self.app.storage.close()
         event(log, "server.stopped")
 
@@ -113,7 +132,14 @@ async def first_run(app: App, *, announce: bool = True) -> None:
     event(log, "server.first_run", domain=domain, account=address)
 
 
-async def start_server(config: Config, *, demo: bool = True) -> Running:
+async def start_server(
+    config: Config, *, demo: bool = True, worker: WorkerContext | None = None
+) -> Running:
+    """Open storage and start every configured listener and the outgoing queue.
+
+    ``worker`` set: serve as one worker of a master (letterbird.server.workers) on the
+    sockets it inherited; the master did the first-run set-up and logs the listeners.
+    """
     for mod in PROTOCOL_MODULES:
         importlib.import_module(mod)
     storage = open_storage_for(config)
@@ -127,7 +153,9 @@ async def start_server(config: Config, *, demo: bool = True) -> Running:
     )
     running = Running(app)
     try:
-        if demo:
+        if worker is not None:
+            await _join_master(app, worker)
+        if demo and worker is None:
             await first_run(app)
         _ = app.tls.context  # make or load the certificate now: fail early
         for key, addrs in config.listen.items():
@@ -135,63 +163,131 @@ async def start_server(config: Config, *, demo: bool = True) -> Running:
             for addr in addrs:
                 host, port = parse_hostport(addr)
                 if spec is None and key in SERVICE_LISTENERS:
-                    await _start_service(running, key, host, port, addr)
+                    if worker is None:
+                        await _start_service(running, key, addr, host=host, port=port)
                     continue
                 if spec is None:
-                    event(
-                        log, "listener.skipped", protocol=key, address=addr, reason="not built yet"
-                    )
+                    if worker is None:
+                        event(
+                            log,
+                            "listener.skipped",
+                            protocol=key,
+                            address=addr,
+                            reason="not built yet",
+                        )
                     continue
-                # Behind a trusted PROXY-protocol balancer the header comes before the TLS
-                # handshake, so implicit-TLS listeners then start TLS after reading it
-                # (letterbird.server.proxy.accept_proxy) instead of in the listener.
-                implicit = spec.implicit_tls and not config.proxy.trusted
-                ssl_ctx = app.tls.context if implicit else None
-
-                async def handle(
-                    r: asyncio.StreamReader, w: asyncio.StreamWriter, _spec: ProtocolSpec = spec
-                ) -> None:
-                    await app.run_connection(_spec, r, w)
-
-                try:
-                    server = await asyncio.start_server(
-                        handle,
-                        host,
-                        port,
-                        ssl=ssl_ctx,
-                        reuse_address=True,
-                        limit=1 << 20,
-                        ssl_handshake_timeout=30 if ssl_ctx else None,
-                    )
-                except OSError as exc:
-                    raise StartupError(
-                        f"{key}: cannot listen on {addr}: {exc.strerror or exc}"
-                    ) from None
-                running.servers.append(server)
-                for sock in server.sockets:
-                    name = sock.getsockname()
-                    running.bound.setdefault(key, []).append((str(name[0]), int(name[1])))
-                    log.info("%s listening on %s:%d", key, name[0], name[1])
+                if worker is None:
+                    await _start_listener(running, spec, addr, host=host, port=port)
+        if worker is not None:
+            for key, socks in worker.sockets.items():
+                spec = PROTOCOLS.get(key)
+                for sock in socks:
+                    if spec is None:
+                        await _start_service(running, key, key, sock=sock)
+                    else:
+                        await _start_listener(running, spec, key, sock=sock)
         app.queue = QueueService(config, storage, app.directory, app.resolver)
-        await app.queue.start()
+        if worker is None or worker.run_queue:
+            await app.queue.start()
+        elif app.relay is not None:  # worker 0 runs it; reports are still routed from here
+            app.queue.wake_elsewhere = app.relay.wake_queue
     except BaseException:
         await running.stop()
         raise
     return running
 
 
-async def _start_service(running: Running, key: str, host: str, port: int, addr: str) -> None:
+async def _join_master(app: App, worker: WorkerContext) -> None:
+    """Share the machine-wide state of the master's workers (letterbird.server.workers)."""
+    from letterbird.server.relay import RelayLink
+    from letterbird.storage.pg_events import PgChangeBus
+
+    app.shared = worker.shared
+    app.worker = worker.index
+
+    def wake_local_queue() -> None:
+        if app.queue is not None:
+            app.queue.wake()
+
+    # With PostgreSQL, LISTEN/NOTIFY already carries every change to every process.
+    carry = not isinstance(app.storage.bus, PgChangeBus)
+    link = RelayLink(
+        app.storage.bus, worker.relay_sock, worker.index, wake_local_queue, carry_events=carry
+    )
+    await link.start()
+    app.relay = link
+
+
+async def _start_listener(
+    running: Running,
+    spec: ProtocolSpec,
+    addr: str,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve ``spec`` on ``host:port``, or on the listening socket ``sock``."""
+    app = running.app
+    # Behind a trusted PROXY-protocol balancer the header comes before the TLS handshake, so
+    # implicit-TLS listeners then start TLS after reading it
+    # (letterbird.server.proxy.accept_proxy) instead of in the listener.
+    implicit = spec.implicit_tls and not app.config.proxy.trusted
+    ssl_ctx = app.tls.context if implicit else None
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await app.run_connection(spec, r, w)
+
+    try:
+        server = await asyncio.start_server(
+            handle,
+            host,
+            port,
+            sock=sock,
+            ssl=ssl_ctx,
+            reuse_address=True if sock is None else None,
+            limit=1 << 20,
+            ssl_handshake_timeout=30 if ssl_ctx else None,
+        )
+    except OSError as exc:
+        raise StartupError(f"{spec.key}: cannot listen on {addr}: {exc.strerror or exc}") from None
+    running.servers.append(server)
+    for s in server.sockets:
+        name = s.getsockname()
+        running.bound.setdefault(spec.key, []).append((str(name[0]), int(name[1])))
+        if sock is None:
+            log.info("%s listening on %s:%d", spec.key, name[0], name[1])
+
+
+async def _start_service(
+    running: Running,
+    key: str,
+    addr: str,
+    *,
+    host: str = "",
+    port: int = 0,
+    sock: socket.socket | None = None,
+) -> None:
     module = importlib.import_module(SERVICE_LISTENERS[key])
     try:
-        bound: list[tuple[str, int]] = await module.start_listener(running.app, key, host, port)
+        bound: list[tuple[str, int]] = await module.start_listener(
+            running.app, key, host, port, sock=sock
+        )
     except OSError as exc:
         raise StartupError(f"{key}: cannot listen on {addr}: {exc.strerror or exc}") from None
     for name in bound:
         running.bound.setdefault(key, []).append(name)
-        log.info("%s listening on %s:%d", key, name[0], name[1])
+        if sock is None:
+            log.info("%s listening on %s:%d", key, name[0], name[1])
 
 
 async def run_server(config: Config, *, demo: bool = True) -> int:
+    from letterbird.server.workers import effective_workers, run_master
+
+    workers = effective_workers(config)
+    if workers > 1:
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        return await run_master(config, workers, demo=demo, log_level=str(level))
     loop = asyncio.get_running_loop()
     try:
         running = await start_server(config, demo=demo)

@@ -162,6 +162,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX session_revocations_expires ON session_revocations(expires);
     """,
+    # version 5: failed logins that expired are pruned by age, whatever their key
+    """
+    CREATE INDEX auth_failures_at ON auth_failures(at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -88,6 +88,9 @@ _FILE_BATCH = 16  # spool-file chunks sent per statement (16 × 256 KiB)
 _NO_END = 1 << 62
 _DB_NOW = "extract(epoch FROM clock_timestamp())::float8"
 _MAILDROP_KIND = 1
+#: Expired ``auth_failures`` rows (of any key) deleted by each recorded failed login: enough to
+#: keep up with the two rows a failure adds, few enough to keep that write short.
+AUTH_FAILURE_PRUNE_LIMIT = 500
 
 _MESSAGES = f"SELECT {sem.MESSAGE_COLS} WHERE m.mailbox_id=$1"
 _META = f"SELECT {sem.META_COLS} WHERE m.mailbox_id=$1"
@@ -1516,15 +1519,25 @@ class PgStorage:
     # -- failed logins shared by every node ------------------------------------------------
     async def auth_failure_add(self, keys: Sequence[str], window: float) -> None:
         """Record one failed login for each key (an account, a client address), on the
-        database clock, forgetting failures older than ``window`` seconds."""
+        database clock, and forget up to :data:`AUTH_FAILURE_PRUNE_LIMIT` failures of any key
+        older than ``window`` seconds (keys that never fail again, such as rotating client
+        addresses, must not stay forever). Rows another node is pruning are skipped, not
+        waited for."""
+        key_list = list(keys)
+        if not key_list:
+            return
 
         async def fn(c: Conn) -> tuple[None, list[ChangeEvent]]:
+            # (the cutoff is a subquery, computed once: compared with the volatile
+            # clock_timestamp() itself, ``at`` could not be searched in its index)
             await c.execute(
-                f"WITH d AS (DELETE FROM auth_failures WHERE key = ANY($1::text[]) "
-                f"AND at < {_DB_NOW} - $2) "
+                "WITH old AS (SELECT ctid FROM auth_failures "
+                f"WHERE at < (SELECT {_DB_NOW} - $2) LIMIT $3 FOR UPDATE SKIP LOCKED), "
+                "d AS (DELETE FROM auth_failures WHERE ctid IN (SELECT ctid FROM old)) "
                 f"INSERT INTO auth_failures(key, at) SELECT k, {_DB_NOW} FROM unnest($1::text[]) k",
-                list(keys),
+                key_list,
                 float(window),
+                AUTH_FAILURE_PRUNE_LIMIT,
             )
             return None, []
 
@@ -1543,6 +1556,11 @@ class PgStorage:
         return {r[0]: (int(r[1]), float(r[2])) for r in rows}
 
     async def auth_failure_clear(self, key: str) -> None:
+        """Forget the key's failed logins (after a successful one). Costs a write only when
+        there are any: this runs on every successful login."""
+        if await self._fetchrow("SELECT 1 FROM auth_failures WHERE key = $1 LIMIT 1", key) is None:
+            return
+
         async def fn(c: Conn) -> tuple[None, list[ChangeEvent]]:
             await c.execute("DELETE FROM auth_failures WHERE key = $1", key)
             return None, []

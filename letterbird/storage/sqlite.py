@@ -11,6 +11,13 @@
   block the writer). Large message bytes are read with incremental blob I/O.
 - UIDs and modseqs are allocated by the single writer, so they are committed in increasing order.
 - Message bytes live in the ``blobs`` table, keyed by sha256, reference-counted.
+- **Several processes** may serve one database (the ``workers`` setting, the CLI): the writers of
+  every process take turns on an ``flock`` of ``<db>-writer.lock`` held from ``BEGIN IMMEDIATE``
+  to ``COMMIT``, so a waiting writer is woken by the kernel the moment the lock is free rather
+  than by SQLite's busy handler, which sleeps 1, 2, 5, 10 … ms and would ruin group commit.
+  POP3 maildrop locks are byte-range locks (byte = account id) of ``<db>-maildrop.lock``, which
+  the kernel drops when their process dies; failed logins are rows of ``auth_failures``, so
+  login throttling holds across processes (as on PostgreSQL across nodes).
 
 Why stdlib ``sqlite3`` on our own threads rather than aiosqlite or an ORM: ~9 µs per query versus
 ~150 µs (aiosqlite) or ~680 µs (SQLAlchemy async) measured on these machines (DESIGN.md).
@@ -21,13 +28,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +74,9 @@ WriteFn = Callable[[sqlite3.Connection], tuple[T, list[ChangeEvent]]]
 MAX_BATCH = 512
 INLINE_READ_BYTES = 256 * 1024  # larger blob reads run on a reader thread
 BLOB_CHUNK = 1 << 20
+#: Expired ``auth_failures`` rows (of any key) deleted by each recorded failed login: enough to
+#: keep up with the two rows a failure adds, few enough to keep that write short.
+AUTH_FAILURE_PRUNE_LIMIT = 500
 
 MIGRATIONS: list[str] = [
     # version 1
@@ -171,6 +183,17 @@ MIGRATIONS.append(
     CREATE INDEX session_revocations_expires ON session_revocations(expires);
     """
 )
+MIGRATIONS.append(
+    # version 4: failed logins, counted across the processes serving the database
+    """
+    CREATE TABLE auth_failures(
+        key TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX auth_failures_key ON auth_failures(key, at);
+    CREATE INDEX auth_failures_at ON auth_failures(at);
+    """
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -226,6 +249,10 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
     for version in range(old + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # another process may have applied it while we waited for the write lock
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= version:
+                conn.execute("COMMIT")
+                continue
             for stmt in MIGRATIONS[version - 1].split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
@@ -235,6 +262,99 @@ def migrate(conn: sqlite3.Connection) -> tuple[int, int]:
             conn.execute("ROLLBACK")
             raise
     return old, SCHEMA_VERSION
+
+
+def _open_lock_file(path: str, database: str) -> int:
+    """Open (create) a lock file next to ``database`` for reading and writing.
+
+    Created with the database's permission bits and, when we run as root, given the database's
+    owner, as SQLite does for its ``-wal`` and ``-shm`` files: an admin command run as root
+    must not leave a lock file that the server's user cannot open."""
+    st = os.stat(database)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, st.st_mode & 0o666)
+    except OSError as exc:
+        raise StorageError(f"cannot open lock file {path}: {exc}") from exc
+    if os.geteuid() == 0 and os.fstat(fd).st_uid != st.st_uid:
+        with contextlib.suppress(OSError):
+            os.fchown(fd, st.st_uid, st.st_gid)
+    return fd
+
+
+class _MaildropLocks:
+    """POP3 maildrop locks of one database for this process: the accounts our sessions hold,
+    each also locked in the lock file (one byte at offset = account id) so that other
+    processes see it; the kernel releases those when the process dies.
+
+    POSIX record locks belong to the process, not to a descriptor: a second descriptor of ours
+    would be granted our own locks again, and closing it would drop every lock the process
+    holds on the file. So every storage of this process that opens the same database shares
+    one :class:`_MaildropLocks` (see :func:`_maildrop_locks`), and its set of held accounts is
+    what keeps our own sessions apart."""
+
+    def __init__(self, path: str | None, database: str) -> None:
+        self.key = None if path is None else (os.getpid(), os.path.realpath(path))
+        self.fd = -1 if path is None else _open_lock_file(path, database)
+        self.users = 1
+        self.held: set[int] = set()
+        self._mutex = threading.Lock()  # (storages of this process may run on other threads)
+
+    def acquire(self, account_id: int) -> bool:
+        with self._mutex:
+            if account_id in self.held:
+                return False
+            if self.fd >= 0:
+                try:
+                    fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, account_id)
+                except (BlockingIOError, PermissionError):  # held by another process
+                    return False
+                except OSError as exc:
+                    raise StorageError(f"cannot lock the maildrop: {exc}") from exc
+            self.held.add(account_id)
+            return True
+
+    def release(self, account_id: int) -> None:
+        with self._mutex:
+            if account_id not in self.held:
+                return
+            self.held.discard(account_id)
+            if self.fd >= 0:
+                fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, account_id)
+
+    def close(self) -> None:
+        with self._mutex:
+            self.held.clear()
+            if self.fd >= 0:
+                os.close(self.fd)  # (drops whatever the process still held)
+                self.fd = -1
+
+
+_maildrop_files: dict[tuple[int, str], _MaildropLocks] = {}  # by (pid, lock file)
+_maildrop_files_mutex = threading.Lock()
+
+
+def _maildrop_locks(path: str, database: str) -> _MaildropLocks:
+    """The process's shared :class:`_MaildropLocks` for the lock file ``path`` (one more user)."""
+    with _maildrop_files_mutex:
+        locks = _maildrop_files.get((os.getpid(), os.path.realpath(path)))
+        if locks is not None:
+            locks.users += 1
+            return locks
+        locks = _MaildropLocks(path, database)
+        assert locks.key is not None
+        _maildrop_files[locks.key] = locks
+        return locks
+
+
+def _drop_maildrop_locks(locks: _MaildropLocks) -> None:
+    """One user less; the last one closes the lock file."""
+    with _maildrop_files_mutex:
+        locks.users -= 1
+        if locks.users > 0:
+            return
+        if locks.key is not None and _maildrop_files.get(locks.key) is locks:
+            del _maildrop_files[locks.key]
+    locks.close()
 
 
 class _Job:
@@ -288,7 +408,8 @@ class SqliteStorage:
         self._closed = False
         self.batches = 0  # group-commit statistics (for tests and metrics)
         self.batched_jobs = 0
-        self._maildrops: set[int] = set()  # accounts with a POP3 session holding the lock
+        self._writer_lock_fd = -1  # <db>-writer.lock, flock'ed around each write transaction
+        self._maildrops: _MaildropLocks | None = None  # POP3 sessions holding the lock
 
     @property
     def bus(self) -> ChangeBus:
@@ -299,12 +420,21 @@ class SqliteStorage:
         self._bus.bind_loop(asyncio.get_running_loop())
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = _connect(self.path)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal" and self.path != ":memory:":
-            raise StorageError(f"could not enable WAL on {self.path} (got {mode})")
-        migrate(conn)
-        self._wconn = conn
+        self._wconn = conn = _connect(self.path)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal" and self.path != ":memory:":
+                raise StorageError(f"could not enable WAL on {self.path} (got {mode})")
+            if self.path != ":memory:":
+                self._writer_lock_fd = _open_lock_file(self.path + "-writer.lock", self.path)
+                self._maildrops = _maildrop_locks(self.path + "-maildrop.lock", self.path)
+            else:  # (a database of its own: nobody else to keep out)
+                self._maildrops = _MaildropLocks(None, self.path)
+            with self._writers_serialised():
+                migrate(conn)
+        except BaseException:
+            self._close_files()
+            raise
         self._writer = threading.Thread(target=self._writer_loop, name="sqlite-writer", daemon=True)
         self._writer.start()
 
@@ -320,9 +450,19 @@ class SqliteStorage:
             for c in self._reader_conns:
                 c.close()
             self._reader_conns.clear()
+        self._close_files()
+
+    def _close_files(self) -> None:
+        """Close the writing connection and the lock files."""
         if self._wconn is not None:
             self._wconn.close()
             self._wconn = None
+        if self._writer_lock_fd >= 0:
+            os.close(self._writer_lock_fd)
+            self._writer_lock_fd = -1
+        if self._maildrops is not None:
+            _drop_maildrop_locks(self._maildrops)
+            self._maildrops = None
 
     # -- plumbing ----------------------------------------------------------------------
     def _writer_loop(self) -> None:
@@ -345,14 +485,39 @@ class SqliteStorage:
                 batch.append(nxt)
             self._run_batch(conn, batch)
 
+    @contextlib.contextmanager
+    def _writers_serialised(self) -> Iterator[None]:
+        """Hold the writer lock that every process writing this database takes around its
+        write transactions (a blocking ``flock``: the kernel wakes the next writer as soon as
+        it is released). Nothing to hold for an in-memory database."""
+        fd = self._writer_lock_fd
+        if fd < 0:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        with self._writers_serialised():
+            done = self._transact(conn, batch)
+        if done is not None:
+            self._publish(batch, *done)
+
+    def _transact(
+        self, conn: sqlite3.Connection, batch: list[_Job]
+    ) -> tuple[list[tuple[Any, BaseException | None]], list[ChangeEvent]] | None:
+        """Run a batch in one transaction; returns each job's outcome and the change events
+        to publish, or None when the transaction could not begin (the jobs failed already)."""
         outcomes: list[tuple[Any, BaseException | None]] = []
         events: list[ChangeEvent] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             _cannot_begin(batch, exc)
-            return
+            return None
         # First without savepoints: every statement is a GIL round trip for this thread, and
         # jobs seldom fail. If one does, the transaction is rolled back and the batch is run
         # again with a SAVEPOINT per job, so the failing job is undone alone (which is why a
@@ -370,7 +535,7 @@ class SqliteStorage:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 _cannot_begin(batch, exc)
-                return
+                return None
             for job in batch:
                 conn.execute("SAVEPOINT job")
                 try:
@@ -395,6 +560,15 @@ class SqliteStorage:
             err = StorageError(f"commit failed: {exc}")
             outcomes = [(None, err) for _ in batch]
             events = []
+        return outcomes, events
+
+    def _publish(
+        self,
+        batch: list[_Job],
+        outcomes: list[tuple[Any, BaseException | None]],
+        events: list[ChangeEvent],
+    ) -> None:
+        """Hand a committed (or failed) batch's results and change events to the loops."""
         self.batches += 1
         self.batched_jobs += len(batch)
         # Events first: a caller that continues after its write already finds the change
@@ -1297,22 +1471,82 @@ class SqliteStorage:
     async def maildrop_lock(
         self, account_id: int
     ) -> contextlib.AbstractAsyncContextManager[None] | None:
-        """The account's POP3 maildrop lock (RFC 1939 §8), or None when a session holds it.
+        """Lock the account's maildrop for one POP3 session in any process serving this
+        database (RFC 1939 §8).
 
-        One process serves a SQLite database, so the lock is a set in memory (the PostgreSQL
-        backend holds an advisory lock that every node sees)."""
-        if account_id in self._maildrops:
+        Returns an async context manager that releases the lock on exit, or None when another
+        session (of this process or another) holds it. A process that dies releases its locks
+        (they are ``lockf`` byte ranges of ``<db>-maildrop.lock``)."""
+        locks = self._maildrops
+        if self._closed or locks is None:
+            raise StorageError("storage is closed")
+        if not locks.acquire(account_id):
             return None
-        self._maildrops.add(account_id)
 
         @contextlib.asynccontextmanager
         async def held() -> AsyncIterator[None]:
             try:
                 yield
             finally:
-                self._maildrops.discard(account_id)
+                locks.release(account_id)
 
         return held()
+
+    # -- failed logins shared by every process --------------------------------------------
+    async def auth_failure_add(self, keys: Sequence[str], window: float) -> None:
+        """Record one failed login for each key (an account, a client address), on the
+        database clock, and forget up to :data:`AUTH_FAILURE_PRUNE_LIMIT` failures of any key
+        older than ``window`` seconds (keys that never fail again, such as rotating client
+        addresses, must not stay forever)."""
+        key_list = list(keys)
+        if not key_list:
+            return
+
+        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
+            now = time.time()  # the database clock: this machine's, read in the transaction
+            c.execute(
+                "DELETE FROM auth_failures WHERE rowid IN "
+                "(SELECT rowid FROM auth_failures WHERE at < ? LIMIT ?)",
+                (now - window, AUTH_FAILURE_PRUNE_LIMIT),
+            )
+            c.executemany(
+                "INSERT INTO auth_failures(key, at) VALUES(?, ?)", [(k, now) for k in key_list]
+            )
+            return None, []
+
+        await self._write(fn)
+
+    async def auth_failure_status(
+        self, keys: Sequence[str], window: float
+    ) -> dict[str, tuple[int, float]]:
+        """Per key: (failures within ``window`` seconds, seconds since the latest one)."""
+
+        def fn(c: sqlite3.Connection) -> list[Any]:
+            now = time.time()
+            return c.execute(
+                "SELECT key, count(*), ? - max(at) FROM auth_failures "
+                "WHERE key IN (SELECT value FROM json_each(?)) AND at >= ? GROUP BY key",
+                (now, json.dumps(list(keys)), now - window),
+            ).fetchall()
+
+        return {r[0]: (int(r[1]), float(r[2])) for r in await self._read(fn)}
+
+    async def auth_failure_clear(self, key: str) -> None:
+        """Forget the key's failed logins (after a successful one). Costs a write only when
+        there are any: this runs on every successful login."""
+        found = await self._read(
+            lambda c: c.execute(
+                "SELECT 1 FROM auth_failures WHERE key=? LIMIT 1", (key,)
+            ).fetchone()
+        )
+        if found is None:
+            return
+
+        def fn(c: sqlite3.Connection) -> tuple[None, list[ChangeEvent]]:
+            c.execute("DELETE FROM auth_failures WHERE key=?", (key,))
+            return None, []
+
+        await self._write(fn)
 
     # -- installation settings and webmail sessions -------------------------------------
     async def get_meta(self, key: str) -> str | None:

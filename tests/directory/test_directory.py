@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -133,10 +135,29 @@ async def test_authentication_and_cache(directory: Directory) -> None:
     assert (await directory.authenticate("bob@example.test", "new-pw", "127.0.0.1")).ok
 
 
-async def test_throttling(storage: SqliteStorage, config: Config) -> None:
-    now = [1000.0]
-    auth = dataclasses.replace(config.auth, max_failures=3, lockout=60.0, failure_window=600.0)
-    d = Directory(storage, dataclasses.replace(config, auth=auth), clock=lambda: now[0])
+class _WithoutSharedCounters:
+    """The storage without ``auth_failure_*`` (as a backend that lacks them): the Directory
+    then counts failed logins in its own process."""
+
+    def __init__(self, storage: SqliteStorage) -> None:
+        self._storage = storage
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("auth_failure_"):
+            raise AttributeError(name)
+        return getattr(self._storage, name)
+
+
+@pytest.mark.parametrize("counted", ["in storage", "in process"])
+async def test_throttling(storage: SqliteStorage, config: Config, counted: str) -> None:
+    """In real time: the storage counts failures on the database clock, which a test cannot
+    move. The lockout is long while the test checks it holds and short when it checks that
+    it ends, so a slow machine cannot make the test fail."""
+    shared = counted == "in storage"
+    auth = dataclasses.replace(config.auth, max_failures=3, lockout=600.0, failure_window=600.0)
+    cfg = dataclasses.replace(config, auth=auth)
+    backend: Any = storage if shared else _WithoutSharedCounters(storage)
+    d = Directory(backend, cfg)
     await _setup(d)
     for _ in range(3):
         assert (await d.authenticate("bob@example.test", "bad", "192.0.2.7")).outcome is (
@@ -150,5 +171,19 @@ async def test_throttling(storage: SqliteStorage, config: Config) -> None:
     assert r.outcome is AuthOutcome.THROTTLED
     # carol from elsewhere is fine
     assert (await d.authenticate("carol@example.test", "pw-carol", "192.0.2.9")).ok
-    now[0] += 61
+    # the failures were counted where intended: in the storage, for every process and node
+    # to see (a refused login is not one more failure), or only in this process
+    status = await storage.auth_failure_status(["u:bob@example.test", "ip:192.0.2.7"], 600)
+    counts = {key: n for key, (n, _) in status.items()}
+    if shared:
+        assert counts == {"u:bob@example.test": 3, "ip:192.0.2.7": 3}
+        other_node = Directory(storage, cfg)
+        r = await other_node.authenticate("bob@example.test", "pw-bob", "192.0.2.10")
+        assert r.outcome is AuthOutcome.THROTTLED
+    else:
+        assert counts == {}
+    # the lockout runs from the latest failure: once it has passed, the right password works
+    # (the lockout is read on every login: shortened to 0.2 s, it has passed 0.3 s later)
+    d.config = dataclasses.replace(cfg, auth=dataclasses.replace(auth, lockout=0.2))
+    await asyncio.sleep(0.3)
     assert (await d.authenticate("bob@example.test", "pw-bob", "192.0.2.8")).ok

@@ -777,6 +777,8 @@ async def test_sqlite_migrates_from_each_earlier_version(tmp_path: Path, start: 
         assert await s.queue_entries() == []
         await s.revoke_session("n1", time.time() + 60)
         assert await s.session_revoked("n1")
+        await s.auth_failure_add(["u:bob"], 60)
+        assert (await s.auth_failure_status(["u:bob"], 60))["u:bob"][0] == 1
         v = await s._read(lambda c: c.execute("PRAGMA user_version").fetchone()[0])
         assert v == SQLITE_SCHEMA_VERSION
     finally:
@@ -797,3 +799,85 @@ async def test_maildrop_lock(store: SqliteStorage) -> None:
     assert again is not None
     async with again:
         pass
+
+
+# -- failed logins (login throttling shared by every process and node) -------------------------
+async def test_auth_failures_counted_per_key(store: SqliteStorage) -> None:
+    assert await store.auth_failure_status(["u:bob", "ip:192.0.2.1"], 60) == {}
+    await store.auth_failure_add(["u:bob", "ip:192.0.2.1"], 60)
+    await store.auth_failure_add(["u:bob", "ip:192.0.2.2"], 60)
+    await asyncio.gather(*(store.auth_failure_add(["u:bob"], 60) for _ in range(3)))
+    status = await store.auth_failure_status(["u:bob", "ip:192.0.2.1", "ip:192.0.2.2", "x"], 60)
+    assert {k: n for k, (n, _) in status.items()} == {
+        "u:bob": 5,
+        "ip:192.0.2.1": 1,
+        "ip:192.0.2.2": 1,
+    }
+    # seconds since the latest failure, on the database clock
+    assert all(0 <= since < 30 for _, since in status.values())
+    await store.auth_failure_add([], 60)  # nothing to record
+
+
+async def test_auth_failures_outside_the_window(store: SqliteStorage) -> None:
+    await store.auth_failure_add(["u:bob", "ip:192.0.2.1"], 60)
+    await asyncio.sleep(0.1)  # (time has to pass: the database clock cannot be set)
+    assert await store.auth_failure_status(["u:bob"], 0.05) == {}  # too old to count
+    assert (await store.auth_failure_status(["u:bob"], 60))["u:bob"][0] == 1
+    await store.auth_failure_add(["u:bob"], 0.05)  # forgets older failures, of every key
+    status = await store.auth_failure_status(["u:bob", "ip:192.0.2.1"], 60)
+    assert {k: n for k, (n, _) in status.items()} == {"u:bob": 1}
+
+
+async def test_auth_failures_cleared(store: SqliteStorage) -> None:
+    await store.auth_failure_add(["u:bob", "ip:192.0.2.1"], 60)
+    await store.auth_failure_add(["u:bob"], 60)
+    await store.auth_failure_clear("u:bob")
+    assert set(await store.auth_failure_status(["u:bob", "ip:192.0.2.1"], 60)) == {"ip:192.0.2.1"}
+    # nothing to clear (every successful login): no write at all
+    batches = store.batches
+    await store.auth_failure_clear("u:bob")
+    await store.auth_failure_clear("u:nobody")
+    assert store.batches == batches
+
+
+def _prune_limit(store: Any) -> int:
+    """Expired failures (of any key) the backend deletes per recorded failure."""
+    from letterbird.storage import postgres, sqlite
+
+    module: Any = sqlite if isinstance(store, SqliteStorage) else postgres
+    return int(module.AUTH_FAILURE_PRUNE_LIMIT)
+
+
+async def test_auth_failures_of_keys_that_never_fail_again_are_pruned(
+    store: SqliteStorage,
+) -> None:
+    """Rotating client addresses must not grow the table forever: any failure recorded
+    deletes expired failures of every key, a bounded number at a time."""
+    rotating = [f"ip:2001:db8::{i:x}" for i in range(_prune_limit(store) + 100)]
+    await store.auth_failure_add(rotating, 60)
+    await store.auth_failure_add(["u:bob"], 60)  # all within this window: nothing pruned
+    assert len(await store.auth_failure_status([*rotating, "u:bob"], 3600)) == len(rotating) + 1
+    await asyncio.sleep(0.1)  # (time has to pass: the database clock cannot be set)
+    await store.auth_failure_add(["ip:192.0.2.1"], 0.05)
+    left = await store.auth_failure_status([*rotating, "u:bob"], 3600)
+    assert len(left) == len(rotating) + 1 - _prune_limit(store)  # bounded
+    await store.auth_failure_add(["ip:192.0.2.2"], 0.05)
+    assert await store.auth_failure_status([*rotating, "u:bob"], 3600) == {}
+    # the failure just recorded is kept
+    assert (await store.auth_failure_status(["ip:192.0.2.2"], 3600))["ip:192.0.2.2"][0] == 1
+
+
+async def test_auth_failures_searched_by_age(store: SqliteStorage) -> None:
+    """The prune finds expired failures through an index on ``at`` (both schemas)."""
+    if isinstance(store, SqliteStorage):
+        rows = await store._read(
+            lambda c: c.execute(
+                "SELECT sql FROM sqlite_master WHERE type='index' AND tbl_name='auth_failures'"
+            ).fetchall()
+        )
+    else:
+        rows = await store._fetch(  # type: ignore[attr-defined]
+            "SELECT indexdef FROM pg_indexes "
+            "WHERE schemaname = current_schema() AND tablename = 'auth_failures'"
+        )
+    assert any(re.search(r"\(\s*at\s*\)", row[0]) for row in rows), rows

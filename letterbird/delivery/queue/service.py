@@ -204,6 +204,8 @@ class QueueService:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        # Set when another process runs this queue (letterbird.server.workers).
+        self.wake_elsewhere: Callable[[], None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -244,7 +246,11 @@ class QueueService:
 
     def wake(self, *, reset_backoff: bool = False) -> None:
         """Look for due entries now (non-blocking). ``reset_backoff`` also forgets failing
-        hosts (``letterbird queue flush``)."""
+        hosts (``letterbird queue flush``). Not started here but ``wake_elsewhere`` set (a
+        worker process whose queue runs in another one): call that instead."""
+        if self._loop_task is None and self.wake_elsewhere is not None:
+            self.wake_elsewhere()
+            return
         if reset_backoff:
             self.backoff.reset()
         self._wake.set()
