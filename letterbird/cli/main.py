@@ -121,6 +121,10 @@ def check_config(ctx: click.Context) -> None:
     click.echo(f"hostname  {cfg.hostname}")
     click.echo(f"data_dir  {cfg.data_path}")
     click.echo(f"storage   {cfg.storage_url_for_display}")
+    from letterbird.server.workers import effective_workers
+
+    shape = "one per CPU core" if cfg.workers == 0 else "setting"
+    click.echo(f"workers   {effective_workers(cfg)} ({shape})")
     for key, addrs in cfg.listen.items():
         click.echo(f"listen    {key:12} {', '.join(addrs) or '-'}")
 

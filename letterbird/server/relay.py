@@ -1,4 +1,4 @@
-"""Messages between the worker processes of one machine (``[server] workers = N``).
+"""Messages between the worker processes of one machine (the ``workers`` setting).
 
 The master holds one connected stream socket per worker (a ``socket.socketpair()`` end; the
 other end is passed to the worker) and runs a :class:`RelayHub` on its event loop; each worker

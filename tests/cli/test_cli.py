@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,9 @@ def lb(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_admin_commands(lb, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    assert "configuration OK" in lb("check-config").stdout
+    checked = lb("check-config").stdout
+    assert "configuration OK" in checked
+    assert re.search(r"^workers   [1-9]\d* \(", checked, re.M)  # processes serve config says
     lb("domain", "add", "Example.TEST")
     lb("domain", "add", "bücher.test")
     out = lb("domain", "list").stdout.splitlines()
