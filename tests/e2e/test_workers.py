@@ -23,9 +23,10 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
+import httpx
 import pytest
 from aiosmtpd.controller import Controller
-from serverutil import ServerProcess, wait_for, write_config
+from serverutil import ServerProcess, follow_events, wait_for, write_config
 
 from letterbird.config import load_config
 from letterbird.storage import open_storage_for
@@ -45,7 +46,7 @@ imap = ["127.0.0.1:0"]
 imaps = []
 pop3 = ["127.0.0.1:0"]
 pop3s = []
-http = []
+http = ["127.0.0.1:0"]
 """
 
 
@@ -160,6 +161,36 @@ def test_idle_sees_deliveries_from_every_worker(server: tuple[ServerProcess, Pat
     assert seen and max(seen) == 20
     imap.send(b"DONE\r\n")
     imap.logout()
+
+
+def test_webmail_live_updates_from_every_worker(server: tuple[ServerProcess, Path]) -> None:
+    """Live-update streams opened on new connections (so on both workers) all hear of a
+    delivery, whichever worker stored it; the session cookie is good on every worker."""
+    srv, _ = server
+    host, port = srv.bound["http"]
+    base = f"http://{host}:{port}"
+    with httpx.Client(base_url=base, timeout=30, follow_redirects=False) as web:
+        page = web.get("/login")
+        token = re.search(r'name="login_token" value="([^"]+)"', page.text)
+        assert token is not None
+        r = web.post(
+            "/login",
+            data={"username": "bob@example.test", "password": "pw", "login_token": token[1]},
+        )
+        assert r.status_code == 303 and r.headers["location"] == "/", r.text
+        cookie = {"Cookie": f"lb_session={r.cookies['lb_session']}"}
+    clients = [httpx.Client(base_url=base, timeout=30, headers=cookie) for _ in range(6)]
+    try:
+        for c in clients:
+            assert c.get("/folders").status_code == 200
+        streams = [follow_events(c) for c in clients]
+        deliver(srv, ["live"])
+        for thread, lines in streams:
+            thread.join(30)
+            assert any(line.startswith("data:") for line in lines), lines
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_connection_limit_per_address_holds_across_workers(tmp_path: Path) -> None:
