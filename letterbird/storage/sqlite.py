@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from pathlib import Path
 from typing import Any, TypeVar
 
+from letterbird.logs import event
 from letterbird.storage import names
 from letterbird.storage import semantics as sem
 from letterbird.storage.events import ChangeBus, ChangeEvent, ChangeKind
@@ -502,9 +503,27 @@ class SqliteStorage:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         with self._writers_serialised():
-            done = self._transact(conn, batch)
+            try:
+                done = self._transact(conn, batch)
+            except Exception as exc:  # the retry path's own statements failed (disk I/O …)
+                done = self._abandon(conn, batch, exc)
         if done is not None:
             self._publish(batch, *done)
+
+    def _abandon(
+        self, conn: sqlite3.Connection, batch: list[_Job], exc: Exception
+    ) -> tuple[list[tuple[Any, BaseException | None]], list[ChangeEvent]]:
+        """A batch failed outside its jobs: roll back what is open and fail every job, so
+        the callers get an error (SMTP 451, IMAP NO) and this writer thread lives on for the
+        next batch instead of dying with its callers waiting forever."""
+        event(log, "storage.batch_failed", level=logging.ERROR, jobs=len(batch), error=exc)
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        err = StorageError(f"write failed: {exc}")
+        return [(None, err) for _ in batch], []
 
     def _transact(
         self, conn: sqlite3.Connection, batch: list[_Job]
