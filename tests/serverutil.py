@@ -141,6 +141,44 @@ async def raw_sql(storage: Any, query: str, *args: Any) -> list[tuple[Any, ...]]
     return await storage._write(sqlite_fn)  # type: ignore[no-any-return]
 
 
+def admin(cfg: Path, *args: str, stdin: str | None = None) -> str:
+    """Run ``letterbird --config CFG ARGS`` (the admin CLI) and return its output; fails the
+    test when it fails."""
+    return subprocess.run(
+        [sys.executable, "-m", "letterbird", "--config", str(cfg), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+
+
+async def stored_subjects(config: Config, address: str) -> list[str]:
+    """The subjects of the messages in an INBOX, read through the storage the configuration
+    names (SQLite or PostgreSQL) with a connection of our own; also checks that no UID was
+    given twice."""
+    from letterbird.storage import open_storage_for
+
+    local, _, domain = address.rpartition("@")
+    storage = open_storage_for(config)
+    await storage.open()
+    try:
+        account = await storage.find_account(local, domain)
+        assert account is not None
+        mb = await storage.get_mailbox(account.id, "INBOX")
+        assert mb is not None
+        subjects = []
+        for rec in await storage.fetch_messages(mb.id):
+            data = await storage.read_blob(rec.blob_id)
+            subjects += [ln[9:] for ln in data.decode().split("\r\n") if ln.startswith("Subject: ")]
+        uids = [uid for uid, _, _ in await storage.list_messages(mb.id)]
+        assert len(uids) == len(set(uids)), "a UID given twice"
+        return subjects
+    finally:
+        await storage.close()
+
+
 class ServerProcess:
     """`python -m letterbird serve` as a child process, parsing the bound ports from its log."""
 

@@ -30,7 +30,7 @@ import httpx
 import pgutil
 import pytest
 from conftest import blob_of
-from serverutil import ServerProcess, ServerThread, server_config, write_config
+from serverutil import ServerProcess, ServerThread, admin, server_config, write_config
 
 from letterbird.config import ProxySettings
 from letterbird.proto.proxy import encode_v1, encode_v2
@@ -80,19 +80,6 @@ retry = ["1s"]
 command_timeout = "60s"
 {route}"""
     return write_config(folder / "lb.toml", body)
-
-
-def admin(cfg: Path, *args: str, stdin: str | None = None) -> str:
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "letterbird", "--config", str(cfg), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
 
 
 @pytest.fixture

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from serverutil import ServerProcess, write_config
+from serverutil import ServerProcess, stored_subjects, write_config
 
-from letterbird.config import Config, load_config
-from letterbird.storage import open_storage_for
+from letterbird.config import load_config
 
 pytestmark = pytest.mark.e2e
 
@@ -109,26 +108,6 @@ def test_taken_port_and_bad_config_exit_nonzero(tmp_path: Path) -> None:
         timeout=60,
     )
     assert p.returncode != 0 and "limits.smtp_recipients" in p.stderr
-
-
-async def stored_subjects(config: Config, address: str) -> list[str]:
-    """The subjects of the messages in an INBOX, read through the storage the configuration
-    names (SQLite or PostgreSQL) with a connection of our own."""
-    local, _, domain = address.rpartition("@")
-    storage = open_storage_for(config)
-    await storage.open()
-    try:
-        account = await storage.find_account(local, domain)
-        assert account is not None
-        mb = await storage.get_mailbox(account.id, "INBOX")
-        assert mb is not None
-        subjects = []
-        for rec in await storage.fetch_messages(mb.id):
-            data = await storage.read_blob(rec.blob_id)
-            subjects += [ln[9:] for ln in data.decode().split("\r\n") if ln.startswith("Subject: ")]
-        return subjects
-    finally:
-        await storage.close()
 
 
 def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:

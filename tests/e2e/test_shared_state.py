@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import make_config
-from serverutil import ServerProcess, wait_for, write_config
+from serverutil import ServerProcess, admin, wait_for, write_config
 
 from letterbird.config import SubmissionSettings
 from letterbird.delivery.submission import SendingLimits
@@ -593,23 +593,12 @@ max_recipients_per_hour = 3
 """
 
 
-def lb(cfg: Path, *args: str, stdin: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "letterbird", "--config", str(cfg), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-
-
 @pytest.mark.e2e
 def test_server_workers_share_one_sending_limit(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "lb.toml", SERVER)
     with ServerProcess(cfg, "--no-demo") as srv:
-        lb(cfg, "domain", "add", "example.test", stdin="")
-        lb(cfg, "user", "add", "bob@example.test", "--password-stdin", stdin="pw\n")
+        admin(cfg, "domain", "add", "example.test", stdin="")
+        admin(cfg, "user", "add", "bob@example.test", "--password-stdin", stdin="pw\n")
         host, port = srv.bound["submission"]
 
         def session() -> smtplib.SMTP:  # a new connection: the kernel picks the worker

@@ -16,8 +16,6 @@ import re
 import signal
 import smtplib
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -26,10 +24,16 @@ from pathlib import Path
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
-from serverutil import ServerProcess, follow_events, wait_for, write_config
+from serverutil import (
+    ServerProcess,
+    admin,
+    follow_events,
+    stored_subjects,
+    wait_for,
+    write_config,
+)
 
 from letterbird.config import load_config
-from letterbird.storage import open_storage_for
 
 pytestmark = pytest.mark.e2e
 
@@ -48,17 +52,6 @@ pop3 = ["127.0.0.1:0"]
 pop3s = []
 http = ["127.0.0.1:0"]
 """
-
-
-def lb(cfg: Path, *args: str, stdin: str | None = None) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "letterbird", "--config", str(cfg), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
 
 
 def worker_pids(srv: ServerProcess) -> dict[int, int]:
@@ -88,9 +81,9 @@ def alive(pid: int) -> bool:
 def server(tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
     cfg = write_config(tmp_path / "lb.toml", BASE)
     with ServerProcess(cfg, "--no-demo") as srv:
-        lb(cfg, "domain", "add", "example.test")
+        admin(cfg, "domain", "add", "example.test")
         for user in ("bob", "carol"):
-            lb(cfg, "user", "add", f"{user}@example.test", "--password-stdin", stdin="pw\n")
+            admin(cfg, "user", "add", f"{user}@example.test", "--password-stdin", stdin="pw\n")
         yield srv, cfg
 
 
@@ -279,8 +272,8 @@ def test_submission_in_any_worker_wakes_the_queue(tmp_path: Path) -> None:
         )
         cfg = write_config(tmp_path / "lb.toml", BASE + extra)
         with ServerProcess(cfg, "--no-demo") as srv:
-            lb(cfg, "domain", "add", "example.test")
-            lb(cfg, "user", "add", "bob@example.test", "--password-stdin", stdin="pw\n")
+            admin(cfg, "domain", "add", "example.test")
+            admin(cfg, "user", "add", "bob@example.test", "--password-stdin", stdin="pw\n")
             host, port = srv.bound["submission"]
             for i in range(8):  # new connections: some land on the worker without the queue
                 msg = EmailMessage()
@@ -319,27 +312,6 @@ def test_killed_master_takes_its_workers_along(server: tuple[ServerProcess, Path
     pids = worker_pids(srv)
     srv.kill()
     wait_for(lambda: not any(alive(p) for p in pids.values()), 30, "workers gone")
-
-
-async def _stored(cfg: Path, address: str) -> set[str]:
-    config = load_config(cfg)
-    local, _, domain = address.rpartition("@")
-    storage = open_storage_for(config)
-    await storage.open()
-    try:
-        account = await storage.find_account(local, domain)
-        assert account is not None
-        mb = await storage.get_mailbox(account.id, "INBOX")
-        assert mb is not None
-        out = set()
-        for rec in await storage.fetch_messages(mb.id):
-            data = await storage.read_blob(rec.blob_id)
-            out |= {ln[9:] for ln in data.decode().split("\r\n") if ln.startswith("Subject: ")}
-        uids = [uid for uid, _, _ in await storage.list_messages(mb.id)]
-        assert len(uids) == len(set(uids)), "a UID given twice"
-        return out
-    finally:
-        await storage.close()
 
 
 def test_sigkill_of_every_process_loses_nothing_acknowledged(
@@ -384,6 +356,6 @@ def test_sigkill_of_every_process_loses_nothing_acknowledged(
     with ServerProcess(cfg, "--no-demo"):
         pass
     for rcpt in ("bob@example.test", "carol@example.test"):
-        stored = asyncio.run(_stored(cfg, rcpt))
+        stored = set(asyncio.run(stored_subjects(load_config(cfg), rcpt)))
         missing = [t for t in acked if t not in stored]
         assert missing == [], f"{len(missing)} acknowledged messages lost for {rcpt}"
