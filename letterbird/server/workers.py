@@ -43,6 +43,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from letterbird.config import Config, parse_hostport
 from letterbird.directory.service import Directory
@@ -100,8 +101,9 @@ def bind_reuseport(host: str, port: int, count: int) -> list[list[socket.socket]
     """``count`` listening sockets per address ``host`` resolves to, all on one port.
 
     Returns one list of ``count`` sockets per address. A port of 0 is chosen by the first
-    bind and reused for the rest. Raises OSError (the first failure) after closing any socket
-    already made.
+    bind and reused for the rest. A port something already listens on is refused, even by
+    another ``SO_REUSEPORT`` group (:func:`_probe`). Raises OSError (the first failure) after
+    closing any socket already made.
     """
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     seen: set[tuple[int, object]] = set()
@@ -113,7 +115,7 @@ def bind_reuseport(host: str, port: int, count: int) -> list[list[socket.socket]
             seen.add((family, addr[0]))
             group: list[socket.socket] = []
             groups.append(group)
-            bound = addr
+            bound = _probe(family, kind, proto, addr)
             for _ in range(count):
                 sock = socket.socket(family, kind, proto)
                 group.append(sock)
@@ -131,6 +133,18 @@ def bind_reuseport(host: str, port: int, count: int) -> list[list[socket.socket]
                 sock.close()
         raise
     return groups
+
+
+def _probe(family: int, kind: int, proto: int, addr: Any) -> Any:
+    """Bind ``addr`` once without ``SO_REUSEPORT`` and let go: raises OSError (EADDRINUSE)
+    when anything listens there, including another server's ``SO_REUSEPORT`` group, which
+    our own group's binds would silently join. Returns the address with the port a 0 got."""
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no conflict
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind(addr)
+        return probe.getsockname()
 
 
 @dataclass

@@ -16,6 +16,8 @@ import re
 import signal
 import smtplib
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -359,3 +361,25 @@ def test_sigkill_of_every_process_loses_nothing_acknowledged(
         stored = set(asyncio.run(stored_subjects(load_config(cfg), rcpt)))
         missing = [t for t in acked if t not in stored]
         assert missing == [], f"{len(missing)} acknowledged messages lost for {rcpt}"
+
+
+def test_a_second_server_cannot_share_the_ports(
+    tmp_path: Path, server: tuple[ServerProcess, Path]
+) -> None:
+    """SO_REUSEPORT must not let a second `letterbird serve` (same user) join our ports."""
+    srv, _ = server
+    host, port = srv.bound["smtp"]
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg = write_config(
+        other / "lb.toml", BASE.replace('smtp = ["127.0.0.1:0"]', f'smtp = ["{host}:{port}"]')
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "letterbird", "--config", str(cfg), "serve", "--no-demo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode != 0
+    assert f"smtp: cannot listen on {host}:{port}" in p.stderr
+    deliver(srv, ["still ours"])  # the first server is untouched
