@@ -117,6 +117,15 @@ def test_master_starts_workers_and_stops_them(server: tuple[ServerProcess, Path]
     )
     # the pid file names the master (`letterbird queue flush` signals it)
     assert (tmp_data(cfg) / "letterbird.pid").read_text().strip() == str(srv.proc.pid)  # type: ignore[union-attr]
+    # SIGHUP to the master reloads the certificate in every worker
+    srv.signal(signal.SIGHUP)
+    wait_for(
+        lambda: (
+            {m.group(1) for ln in srv.log if (m := re.search(r"\[w(\d)\].*tls\.reloaded", ln))}
+            == {"0", "1"}
+        ),
+        what="both workers reloaded",
+    )
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0
     wait_for(lambda: not any(alive(p) for p in pids.values()), what="workers gone")
@@ -292,6 +301,23 @@ def test_submission_in_any_worker_wakes_the_queue(tmp_path: Path) -> None:
                 m.group(1) for ln in srv.log if (m := re.search(r"\[w(\d)\].*smtp\.accepted", ln))
             }
             assert served == {"0", "1"}, "both workers should have taken submissions"
+            # the next hop goes away: the attempt fails and is retried in 10 minutes ...
+            controller.stop()
+            msg = EmailMessage()
+            msg["From"] = "bob@example.test"
+            msg["To"] = "x@remote.test"
+            msg["Subject"] = "late"
+            msg.set_content("hello")
+            with smtplib.SMTP(host, port, timeout=30) as s:
+                s.login("bob@example.test", "pw")
+                s.send_message(msg)
+            tried = re.compile(r"<bob@example\.test>\s+x@remote\.test\s+1\s")
+            wait_for(lambda: tried.search(admin(cfg, "queue", "list")), 30, "a failed attempt")
+            # ... unless `queue flush` (SIGUSR1 to the master, passed to worker 0) says now
+            controller = Controller(sink, hostname="127.0.0.1", port=sink_port)
+            controller.start()
+            assert "woke the server" in admin(cfg, "queue", "flush")
+            wait_for(lambda: len(sink.received) == 9, 30, "the flushed message relayed")
     finally:
         controller.stop()
 
