@@ -94,6 +94,7 @@ class _FrameLink:
         self._buf = bytearray()
         self.closed = False
         self.overflows = 0
+        self.expect_end = False  # the peer is being stopped: its going away is no news
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -202,7 +203,8 @@ class _FrameLink:
     def _lost(self, error: Exception | None) -> None:
         if self.closed:
             return
-        event(log, "relay.link_lost", level=logging.WARNING, link=self.name, error=error)
+        level = logging.DEBUG if self.expect_end else logging.WARNING
+        event(log, "relay.link_lost", level=level, link=self.name, error=error)
         self.close()
         self._on_lost()
 
@@ -236,6 +238,7 @@ class RelayHub:
         self._links: dict[int, _FrameLink] = {}
         self._closing: set[_FrameLink] = set()
         self._closed = False
+        self._stopping = False
         self.forwarded = 0  # frames handed to a worker's link
         self.overflows = 0  # resyncs sent in place of frames a slow worker did not take
 
@@ -269,11 +272,20 @@ class RelayHub:
             link.close()
             self._drop(index, link)
 
+    def stopping(self) -> None:
+        """Every worker is being stopped: their links ending is expected (logged quietly,
+        and the others are not made to resync for it)."""
+        self._stopping = True
+        for link in self._links.values():
+            link.expect_end = True
+
     def _drop(self, index: int, link: _FrameLink) -> None:
         if self._links.get(index) is not link:
             return
         del self._links[index]
         self._closing.add(link)
+        if self._stopping:
+            return
         # The worker may have committed changes whose events never reached us.
         for other in self._links.values():
             self._send(other, RESYNC)

@@ -3,8 +3,8 @@
 Run as ``python -m letterbird.server.worker`` by the master, which writes the pickled
 :class:`~letterbird.server.workers.WorkerSpec` on standard input. The worker serves every
 protocol on the listening sockets it inherited, with the machine-wide state the master shares
-(connection counts, ``\\Recent`` claims, the change relay), and stops on SIGTERM/SIGINT or when
-its master is gone.
+(connection counts, ``\\Recent`` claims, the change relay), and stops on SIGTERM or when
+its master is gone (SIGINT is the master's to act on).
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ async def run_worker(spec: WorkerSpec) -> int:
     running = await start_server(spec.config, demo=False, worker=context)
     app = running.app
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.tls.reload)
     queue = app.queue
     if queue is not None:
@@ -75,6 +74,9 @@ def _stop_with_master() -> None:
 
 
 def main() -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the master alone acts on it (it
+    # stops the workers with SIGTERM), so a worker does not look like it died on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _stop_with_master()
     spec: WorkerSpec = pickle.loads(sys.stdin.buffer.read())
     if os.getppid() != spec.master_pid:  # it died before the line above

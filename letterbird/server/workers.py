@@ -153,7 +153,6 @@ class _Worker:
     proc: asyncio.subprocess.Process | None = None
     started: float = 0.0
     pause: float = 1.0
-    relay_end: socket.socket | None = None
 
 
 @dataclass
@@ -263,6 +262,7 @@ class _Master:
 
     async def stop_workers(self) -> None:
         self.stopping = True
+        self.hub.stopping()
         self.signal_all(signal.SIGTERM)
         procs = [w.proc for w in self.workers if w.proc is not None]
         waits = [asyncio.ensure_future(p.wait()) for p in procs]

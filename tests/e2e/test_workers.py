@@ -409,3 +409,28 @@ def test_a_second_server_cannot_share_the_ports(
     assert p.returncode != 0
     assert f"smtp: cannot listen on {host}:{port}" in p.stderr
     deliver(srv, ["still ours"])  # the first server is untouched
+
+
+def test_ctrl_c_stops_master_and_workers_quietly(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole process group: the master alone acts on it and
+    stops the workers; nothing is logged as a dying worker or a lost link."""
+    cfg = write_config(tmp_path / "lb.toml", BASE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "letterbird", "--config", str(cfg), "serve", "--no-demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        pid_file = tmp_data(cfg) / "letterbird.pid"
+        wait_for(pid_file.exists, 60, "the server ready")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 0, out
+    assert out.count("server.stopped") == WORKERS + 1, out
+    assert "WARNING" not in out and "ERROR" not in out, out
