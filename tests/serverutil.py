@@ -179,6 +179,61 @@ async def stored_subjects(config: Config, address: str) -> list[str]:
         await storage.close()
 
 
+class DeliveryStream:
+    """``clients`` threads each sending messages over SMTP until :meth:`stop`, a new connection
+    every ``per_connection`` messages (None: one connection each for the whole stream).
+    ``acked`` lists the subject of every message that got ``250``, in order; a client stops at
+    its first error (the server being killed is what the crash tests do meanwhile)."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        recipients: list[str],
+        *,
+        clients: int = 6,
+        per_connection: int | None = None,
+    ) -> None:
+        self.address = address
+        self.recipients = recipients
+        self.per_connection = per_connection
+        self.acked: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(n,)) for n in range(clients)]
+
+    def _client(self, n: int) -> None:
+        import smtplib
+
+        sent = 0
+        try:
+            while not self._stop.is_set():
+                with smtplib.SMTP(*self.address, timeout=10) as s:
+                    for _ in range(self.per_connection or sys.maxsize):
+                        if self._stop.is_set():
+                            return
+                        token = f"msg-{n}-{sent}"
+                        s.sendmail(
+                            "a@alice.test",
+                            self.recipients,
+                            f"Subject: {token}\r\n\r\n{token}\r\n".encode(),
+                        )
+                        with self._lock:
+                            self.acked.append(token)
+                        sent += 1
+        except (smtplib.SMTPException, OSError):
+            pass
+
+    def start(self) -> DeliveryStream:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)
+
+
 class ServerProcess:
     """`python -m letterbird serve` as a child process, parsing the bound ports from its log."""
 

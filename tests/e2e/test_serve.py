@@ -8,12 +8,11 @@ import smtplib
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from serverutil import ServerProcess, stored_subjects, write_config
+from serverutil import DeliveryStream, ServerProcess, stored_subjects, write_config
 
 from letterbird.config import load_config
 
@@ -137,38 +136,13 @@ def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    host, port = srv.bound["smtp"]
-    acked: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def client(n: int) -> None:
-        i = 0
-        try:
-            with smtplib.SMTP(host, port, timeout=10) as s:
-                while not stop.is_set():
-                    token = f"msg-{n}-{i}"
-                    s.sendmail(
-                        "a@alice.test",
-                        ["bob@example.test"],
-                        f"Subject: {token}\r\n\r\n{token}\r\n".encode(),
-                    )
-                    with lock:
-                        acked.append(token)
-                    i += 1
-        except (smtplib.SMTPException, OSError):
-            pass
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
+    stream = DeliveryStream(srv.bound["smtp"], ["bob@example.test"]).start()
     deadline = time.monotonic() + 20
-    while len(acked) < 300 and time.monotonic() < deadline:
+    while len(stream.acked) < 300 and time.monotonic() < deadline:
         time.sleep(0.05)
     srv.kill()
-    stop.set()
-    for t in threads:
-        t.join(15)
+    stream.stop()
+    acked = stream.acked
     assert len(acked) >= 50
     # restart and count what is stored
     with ServerProcess(cfg, "--no-demo"):

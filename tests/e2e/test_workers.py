@@ -27,6 +27,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from serverutil import (
+    DeliveryStream,
     ServerProcess,
     admin,
     follow_events,
@@ -348,39 +349,15 @@ def test_sigkill_of_every_process_loses_nothing_acknowledged(
     """Both workers write the one SQLite file (or PostgreSQL) at once; kill all of them at
     once mid-stream: every message that got 250 is there after a restart."""
     srv, cfg = server
-    host, port = srv.bound["smtp"]
-    acked: list[str] = []
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def client(n: int) -> None:
-        i = 0
-        try:
-            while not stop.is_set():  # a new connection per message: both workers write
-                with smtplib.SMTP(host, port, timeout=10) as s:
-                    for _ in range(5):
-                        token = f"msg-{n}-{i}"
-                        s.sendmail(
-                            "a@alice.test",
-                            ["bob@example.test", "carol@example.test"],
-                            f"Subject: {token}\r\n\r\n{token}\r\n".encode(),
-                        )
-                        with lock:
-                            acked.append(token)
-                        i += 1
-        except (smtplib.SMTPException, OSError):
-            pass
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    wait_for(lambda: len(acked) >= 200, 30, "deliveries under way")
+    # a new connection every 5 messages, so both workers write
+    rcpts = ["bob@example.test", "carol@example.test"]
+    stream = DeliveryStream(srv.bound["smtp"], rcpts, per_connection=5).start()
+    wait_for(lambda: len(stream.acked) >= 200, 30, "deliveries under way")
     for pid in [*worker_pids(srv).values()]:
         os.kill(pid, signal.SIGKILL)
     srv.kill()
-    stop.set()
-    for t in threads:
-        t.join(15)
+    stream.stop()
+    acked = stream.acked
     with ServerProcess(cfg, "--no-demo"):
         pass
     for rcpt in ("bob@example.test", "carol@example.test"):
