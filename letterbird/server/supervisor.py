@@ -158,34 +158,10 @@ async def start_server(
         if demo and worker is None:
             await first_run(app)
         _ = app.tls.context  # make or load the certificate now: fail early
-        for key, addrs in config.listen.items():
-            spec = PROTOCOLS.get(key)
-            for addr in addrs:
-                host, port = parse_hostport(addr)
-                if spec is None and key in SERVICE_LISTENERS:
-                    if worker is None:
-                        await _start_service(running, key, addr, host=host, port=port)
-                    continue
-                if spec is None:
-                    if worker is None:
-                        event(
-                            log,
-                            "listener.skipped",
-                            protocol=key,
-                            address=addr,
-                            reason="not built yet",
-                        )
-                    continue
-                if worker is None:
-                    await _start_listener(running, spec, addr, host=host, port=port)
-        if worker is not None:
-            for key, socks in worker.sockets.items():
-                spec = PROTOCOLS.get(key)
-                for sock in socks:
-                    if spec is None:
-                        await _start_service(running, key, key, sock=sock)
-                    else:
-                        await _start_listener(running, spec, key, sock=sock)
+        if worker is None:
+            await _listen_on_addresses(running)
+        else:
+            await _listen_on_sockets(running, worker)
         app.queue = QueueService(config, storage, app.directory, app.resolver)
         if worker is None or worker.run_queue:
             await app.queue.start()
@@ -195,6 +171,31 @@ async def start_server(
         await running.stop()
         raise
     return running
+
+
+async def _listen_on_addresses(running: Running) -> None:
+    """Bind and serve every ``[listen]`` address (one process: the listeners are ours)."""
+    for key, addrs in running.app.config.listen.items():
+        spec = PROTOCOLS.get(key)
+        for addr in addrs:
+            host, port = parse_hostport(addr)
+            if spec is None and key in SERVICE_LISTENERS:
+                await _start_service(running, key, addr, host=host, port=port)
+            elif spec is None:
+                event(log, "listener.skipped", protocol=key, address=addr, reason="not built yet")
+            else:
+                await _start_listener(running, spec, addr, host=host, port=port)
+
+
+async def _listen_on_sockets(running: Running, worker: WorkerContext) -> None:
+    """Serve on the listening sockets a worker inherited (the master bound and logged them)."""
+    for key, socks in worker.sockets.items():
+        spec = PROTOCOLS.get(key)
+        for sock in socks:
+            if spec is None:
+                await _start_service(running, key, key, sock=sock)
+            else:
+                await _start_listener(running, spec, key, sock=sock)
 
 
 async def _join_master(app: App, worker: WorkerContext) -> None:
